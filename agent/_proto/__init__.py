@@ -1,0 +1,1 @@
+"""Generated SPIFFE Workload API code; regenerate with scripts/gen_proto.py."""
