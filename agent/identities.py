@@ -9,8 +9,9 @@ Both the Workload API and the SDS servicers use an IdentityResolver. Callers mus
 - iterate ``watch(conn)`` in streams: it yields the full state at once and again after
   every change, and yields a Denial as its last item when the caller loses its identity.
 
-``resolve`` and ``watch`` propagate the authority's CAError when minting fails; the
-services answer such calls with UNAVAILABLE.
+``resolve`` and ``watch`` propagate the authority's CAError when minting fails, and
+raise ResolverClosedError once ``close()`` was called at shutdown; the services answer
+both with UNAVAILABLE, so clients reconnect to the next agent.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.attest.evidence import Evidence
 from agent.denial import Denial, Reason
+from agent.errors import AgentError
 from agent.log import event
 from agent.manifests.identity import Identity
 from agent.notify import Notifier
@@ -39,6 +41,7 @@ __all__ = [
     "JwtBundle",
     "ManifestMatcher",
     "PeerRegistry",
+    "ResolverClosedError",
     "X509Bundle",
     "X509Svid",
 ]
@@ -120,6 +123,15 @@ class Authority(Protocol):
     ) -> Awaitable[X509Svid]: ...
     def x509_bundle(self) -> X509Bundle: ...
     def jwt_bundle(self) -> JwtBundle: ...
+    def mint_jwt_svid(self, spiffe_id: str, audiences: Sequence[str]) -> Awaitable[str]: ...
+    def validate_jwt_svid(self, token: str, audience: str) -> tuple[str, dict[str, Any]]: ...
+
+
+class ResolverClosedError(AgentError):
+    """The agent is shutting down and issues no more identities; clients should reconnect."""
+
+    def __init__(self) -> None:
+        super().__init__("the agent is shutting down: reconnect to issue identities again")
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,16 @@ class IdentityResolver:
         self._store = store
         self._authority = authority
         self._reattest_interval = reattest_interval
+        self._closed = asyncio.Event()
+
+    @property
+    def authority(self) -> Authority:
+        """The CA, for services that mint or validate JWT-SVIDs."""
+        return self._authority
+
+    def close(self) -> None:
+        """Stop issuing: pending and later ``resolve``/``watch`` calls raise ResolverClosedError."""
+        self._closed.set()
 
     def connection_for(self, grpc_peer: str) -> Connection | None:
         """Return the connection behind a gRPC peer string, or None when it is unknown."""
@@ -209,6 +231,8 @@ class IdentityResolver:
             await self._wait_for_change(seen_store, seen_ca, self._wake_delay(outcome))
 
     async def _evaluate(self, conn: Connection) -> CallerState | Denial:
+        if self._closed.is_set():
+            raise ResolverClosedError
         evidence = await self._attestor.attest(conn)
         if isinstance(evidence, Denial):
             return evidence
@@ -255,6 +279,7 @@ class IdentityResolver:
         waiters = [
             asyncio.ensure_future(self._store.notifier.wait_for_change(seen_store)),
             asyncio.ensure_future(self._authority.notifier.wait_for_change(seen_ca)),
+            asyncio.ensure_future(self._closed.wait()),
         ]
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
