@@ -1,0 +1,230 @@
+"""The manifest store: a directory of signed manifests, reloaded while the agent runs.
+
+Create a ManifestStore, ``await start()`` (loads the directory and raises
+ManifestFileError if it cannot be listed), then call ``match`` for each attested caller
+and watch ``notifier`` to re-evaluate open streams. ``await reload()`` re-reads at once
+(for SIGHUP) and ``await close()`` stops the background polling.
+
+Every poll (``poll_interval`` seconds) re-reads only files whose stat changed. A file
+that fails to read, verify or parse is skipped, logged once per version with its file
+name and reason, and counted in ``load_errors``; the other manifests keep serving. The
+set of manifests is replaced as a whole, so ``match`` never sees half a reload. The
+notifier moves when the set changes and when a manifest's ``not_after`` passes, so
+subscribers re-run ``match`` and lose identities that expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.attest.evidence import Evidence
+from agent.denial import Denial, Reason
+from agent.errors import ConfigError
+from agent.log import event
+from agent.manifests.errors import ManifestError, ManifestFileError, SignatureError
+from agent.manifests.files import (
+    MAX_SIGNATURE_BYTES,
+    ManifestFiles,
+    check_inside,
+    read_bounded,
+    scan_directory,
+)
+from agent.manifests.identity import Identity
+from agent.manifests.jsondecode import MAX_MANIFEST_BYTES
+from agent.manifests.matching import ManifestVerdict, explain_manifests, match_manifests
+from agent.manifests.schema import (
+    DEFAULT_SPIFFE_ID_TEMPLATE,
+    Manifest,
+    check_spiffe_id_template,
+    parse_manifest,
+)
+from agent.manifests.signature import TrustedKey, verify_signature
+from agent.notify import Notifier
+from agent.spiffeid import parse_trust_domain
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    files: ManifestFiles
+    outcome: Manifest | ManifestError
+
+
+class ManifestStore:
+    """Signed manifests from one directory, with hot reload and change notification."""
+
+    def __init__(
+        self,
+        directory: Path,
+        trusted_keys: Sequence[TrustedKey],
+        *,
+        trust_domain: str,
+        spiffe_id_template: str = DEFAULT_SPIFFE_ID_TEMPLATE,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ConfigError(f"invalid poll interval {poll_interval}; use a positive number")
+        self._directory = Path(directory)
+        self._keys = tuple(trusted_keys)
+        self._trust_domain = parse_trust_domain(trust_domain)
+        self._template = check_spiffe_id_template(spiffe_id_template)
+        self._poll_interval = poll_interval
+        self.notifier = Notifier()
+        self.loaded = False
+        self.load_errors = 0
+        self._manifests: tuple[Manifest, ...] = ()
+        self._cache: dict[str, _Loaded] = {}
+        self._expired: frozenset[str] = frozenset()
+        self._directory_failed = False
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def manifests(self) -> tuple[Manifest, ...]:
+        """The manifests currently loaded, sorted by file name, expired ones included."""
+        return self._manifests
+
+    async def start(self) -> None:
+        """Load the directory, raising ManifestFileError if it cannot be listed, then poll."""
+        if self._closed or self._poller is not None:
+            raise RuntimeError("ManifestStore.start() called twice or after close()")
+        await self._load(strict=True)
+        self.loaded = True
+        self._poller = asyncio.create_task(self._poll(), name="manifest-store-poll")
+        event(logger, logging.INFO, "manifest store started",
+              manifests_dir=self._directory, count=len(self._manifests))
+
+    async def reload(self) -> None:
+        """Re-read changed files now, as on SIGHUP."""
+        await self._load(strict=False)
+
+    async def close(self) -> None:
+        """Stop polling and expiry wake-ups; safe to call more than once."""
+        self._closed = True
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+
+    def match(
+        self, evidence: Evidence, now: datetime | None = None
+    ) -> tuple[Identity, ...] | Denial:
+        """Return the identities the evidence may hold, or a Denial (see matching)."""
+        if not self.loaded:
+            message = "no manifest grants an identity: the manifest store is not loaded yet"
+            return Denial(Reason.NO_MANIFEST_FOR_WORKLOAD, message, evidence.pid)
+        return match_manifests(self._manifests, evidence, now)
+
+    def explain(self, evidence: Evidence, now: datetime | None = None) -> list[ManifestVerdict]:
+        """Return one verdict per loaded manifest file, sorted by file name."""
+        return explain_manifests(self._manifests, evidence, now)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            await self._load(strict=False)
+
+    async def _load(self, *, strict: bool) -> None:
+        async with self._lock:
+            try:
+                listing = await asyncio.to_thread(scan_directory, self._directory)
+            except ManifestFileError as error:
+                if strict:
+                    raise
+                # Fail closed: an unlistable directory means no manifests.
+                self._log_directory_failure(error)
+                listing = {}
+            else:
+                self._directory_failed = False
+            loaded = {name: await self._reuse_or_load(files) for name, files in listing.items()}
+            for name in self._cache.keys() - loaded.keys():
+                event(logger, logging.INFO, "manifest removed", file=name)
+            self._cache = loaded
+            self._swap(tuple(e.outcome for e in loaded.values() if isinstance(e.outcome, Manifest)))
+
+    async def _reuse_or_load(self, files: ManifestFiles) -> _Loaded:
+        cached = self._cache.get(files.name)
+        if cached is not None and cached.files == files:
+            return cached
+        try:
+            manifest = await self._load_file(files)
+        except ManifestError as error:
+            self.load_errors += 1
+            event(logger, logging.ERROR, "manifest rejected",
+                  file=files.name, reason=error.reason, key=error.key, error=str(error))
+            return _Loaded(files, error)
+        event(logger, logging.INFO, "manifest loaded",
+              file=files.name, spiffe_id=manifest.spiffe_id, not_after=manifest.not_after)
+        return _Loaded(files, manifest)
+
+    async def _load_file(self, files: ManifestFiles) -> Manifest:
+        name = files.name
+        manifest_path = check_inside(self._directory, files.manifest, name)
+        if files.signature.real_path is None:
+            raise SignatureError(
+                name, "missing_signature",
+                f"{name}.sig is missing; sign the file with 'attest-agent manifest sign'",
+            )
+        signature_path = check_inside(self._directory, files.signature, name + ".sig")
+        data = await read_bounded(manifest_path, MAX_MANIFEST_BYTES, name)
+        signature = await read_bounded(signature_path, MAX_SIGNATURE_BYTES, name + ".sig")
+        return await asyncio.to_thread(self._verify_and_parse, name, data, signature)
+
+    def _verify_and_parse(self, name: str, data: bytes, signature: bytes) -> Manifest:
+        # The signature is checked before parsing, so unsigned bytes never reach the parser.
+        verify_signature(data, signature, self._keys, file=name)
+        return parse_manifest(
+            data, file=name, trust_domain=self._trust_domain, spiffe_id_template=self._template
+        )
+
+    def _swap(self, manifests: tuple[Manifest, ...]) -> None:
+        changed = [(m.file, m.sha256) for m in manifests] != [
+            (m.file, m.sha256) for m in self._manifests
+        ]
+        self._manifests = manifests
+        expiry_changed = self._refresh_expiry()
+        if changed:
+            event(logger, logging.INFO, "manifest set changed", count=len(manifests))
+        if changed or expiry_changed:
+            self.notifier.notify()
+
+    def _refresh_expiry(self) -> bool:
+        """Recompute which manifests expired, re-arm the wake-up, and tell if that changed."""
+        now = datetime.now(UTC)
+        expired = frozenset(m.file for m in self._manifests if m.is_expired(now))
+        for name in sorted(expired - self._expired):
+            event(logger, logging.INFO, "manifest expired", file=name)
+        changed = expired != self._expired
+        self._expired = expired
+        self._arm_expiry_timer(now)
+        return changed
+
+    def _arm_expiry_timer(self, now: datetime) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        pending = [m.not_after for m in self._manifests if m.not_after and m.not_after > now]
+        if pending and not self._closed:
+            delay = (min(pending) - now).total_seconds()
+            loop = asyncio.get_running_loop()
+            self._expiry_timer = loop.call_later(delay, self._on_expiry_timer)
+
+    def _on_expiry_timer(self) -> None:
+        self._expiry_timer = None
+        if self._refresh_expiry():
+            self.notifier.notify()
+
+    def _log_directory_failure(self, error: ManifestFileError) -> None:
+        if not self._directory_failed:
+            self._directory_failed = True
+            event(logger, logging.ERROR, "manifest directory unreadable, serving no manifests",
+                  manifests_dir=self._directory, reason=error.reason, error=str(error))
