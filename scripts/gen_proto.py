@@ -25,6 +25,10 @@ PROTO_FILE = "workload.proto"
 _SERVICE_IMPORT = "import workload_pb2 as workload__pb2"
 _PACKAGE_IMPORT = "from agent._proto import workload_pb2 as workload__pb2"
 
+# The stubs import google.protobuf, which has no type information unless types-protobuf
+# is installed; mypy then reads the generated stub as untyped instead of failing.
+_STUB_HEADER = "# mypy: ignore-errors\n"
+
 INIT_TEXT = '"""Generated SPIFFE Workload API code; regenerate with scripts/gen_proto.py."""\n'
 
 
@@ -51,6 +55,8 @@ def generate(out_dir: Path) -> None:
     if _SERVICE_IMPORT not in text:
         raise SystemExit(f"expected the line {_SERVICE_IMPORT!r} in {service_module}")
     service_module.write_text(text.replace(_SERVICE_IMPORT, _PACKAGE_IMPORT))
+    stub = out_dir / "workload_pb2.pyi"
+    stub.write_text(_STUB_HEADER + stub.read_text())
     (out_dir / "__init__.py").write_text(INIT_TEXT)
 
 
