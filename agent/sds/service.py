@@ -1,0 +1,223 @@
+"""The envoy.service.secret.v3.SecretDiscoveryService servicer.
+
+Register it with ``agent.sds.add_to_server``. Each call maps its gRPC peer to the
+connection that the front door accepted and attests the caller through the shared
+IdentityResolver, exactly as the Workload API does; SDS requests carry no security
+header. Status codes:
+
+- caller connection unknown or attestation failed: UNAVAILABLE (Envoy retries);
+- no identity, or an identity revoked during a stream: PERMISSION_DENIED;
+- unknown resource name or foreign type_url: INVALID_ARGUMENT naming the value;
+- SVID minting failed: UNAVAILABLE.
+
+A stream never ends with OK while the agent runs, because Envoy 1.40 reconnects in a
+tight loop after an OK; it ends only when the client cancels, on one of the errors
+above, or when the server shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterator
+from typing import NoReturn, Protocol
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+from agent.denial import Denial
+from agent.errors import AgentError
+from agent.identities import CallerState
+from agent.log import event
+from agent.peer.connection import Connection
+from agent.sds.protocol import DeltaSession, SotwSession
+from agent.sds.resources import InvalidRequestError, SdsError, UnknownResourceError
+
+__all__ = ["Resolver", "SecretDiscoveryService"]
+
+logger = logging.getLogger(__name__)
+
+
+class Resolver(Protocol):
+    """The part of agent.identities.IdentityResolver that SDS uses."""
+
+    def connection_for(self, grpc_peer: str) -> Connection | None: ...
+    async def resolve(self, conn: Connection) -> CallerState | Denial: ...
+    def watch(self, conn: Connection) -> AsyncIterator[CallerState | Denial]: ...
+
+
+class _Kind(enum.Enum):
+    REQUEST = enum.auto()
+    STATE = enum.auto()
+    WATCH_ENDED = enum.auto()
+    WATCH_FAILED = enum.auto()
+
+
+_Session = SotwSession | DeltaSession
+_Event = tuple[_Kind, object]
+
+
+class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[misc]
+    """Serves TLS certificates and validation contexts to attested Envoy callers."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self._resolver = resolver
+
+    async def StreamSecrets(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        conn = await self._connection(context)
+        fields = _log_fields(conn, "StreamSecrets")
+        session = SotwSession(fields)
+        async for response in self._serve(conn, session, fields, request_iterator, context):
+            yield response
+
+    async def DeltaSecrets(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        conn = await self._connection(context)
+        fields = _log_fields(conn, "DeltaSecrets")
+        session = DeltaSession(fields)
+        async for response in self._serve(conn, session, fields, request_iterator, context):
+            yield response
+
+    async def FetchSecrets(
+        self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext
+    ) -> discovery_pb2.DiscoveryResponse:
+        conn = await self._connection(context)
+        fields = _log_fields(conn, "FetchSecrets")
+        try:
+            outcome = await self._resolver.resolve(conn)
+        except AgentError as err:
+            await _abort_issue_failed(context, fields, err)
+        if isinstance(outcome, Denial):
+            await _abort_denied(context, outcome)
+        session = SotwSession(fields)
+        session.on_state(outcome)
+        try:
+            response = session.on_request(request)
+        except SdsError as err:
+            await _abort_invalid(context, fields, err)
+        if response is None:
+            # Only an empty name list gets no Secrets; answer it with an empty response.
+            return discovery_pb2.DiscoveryResponse(type_url=request.type_url)
+        return response
+
+    async def _connection(self, context: grpc.aio.ServicerContext) -> Connection:
+        conn = self._resolver.connection_for(context.peer())
+        if conn is None:
+            # Fail closed: a call that did not come through the front door has no pinned
+            # process, so nothing can be attested.
+            event(logger, logging.WARNING, "SDS caller has no pinned connection",
+                  address=context.peer())
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "caller could not be attested")
+            raise AssertionError("context.abort returned")
+        return conn
+
+    async def _serve(
+        self,
+        conn: Connection,
+        session: _Session,
+        fields: dict[str, object],
+        requests: AsyncIterator[object],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[object]:
+        events: asyncio.Queue[_Event] = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(_pump_requests(requests, events)),
+            asyncio.create_task(_pump_states(self._resolver.watch(conn), events)),
+        ]
+        try:
+            while True:
+                kind, item = await events.get()
+                if kind is _Kind.WATCH_ENDED:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "caller connection closed")
+                if kind is _Kind.WATCH_FAILED and isinstance(item, AgentError):
+                    await _abort_issue_failed(context, fields, item)
+                if isinstance(item, Denial):
+                    await _abort_denied(context, item)
+                try:
+                    response = _apply(session, kind, item)
+                except SdsError as err:
+                    await _abort_invalid(context, fields, err)
+                if response is not None:
+                    yield response
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def _apply(session: _Session, kind: _Kind, item: object) -> object | None:
+    if kind is _Kind.STATE and isinstance(item, CallerState):
+        return session.on_state(item)
+    if isinstance(session, SotwSession) and isinstance(item, discovery_pb2.DiscoveryRequest):
+        return session.on_request(item)
+    if isinstance(session, DeltaSession) and isinstance(
+        item, discovery_pb2.DeltaDiscoveryRequest
+    ):
+        return session.on_request(item)
+    raise TypeError(f"unexpected {kind.name} event of type {type(item).__name__}")
+
+
+async def _pump_requests(requests: AsyncIterator[object], events: asyncio.Queue[_Event]) -> None:
+    # When the client half-closes, updates keep flowing until it cancels the call.
+    async for request in requests:
+        await events.put((_Kind.REQUEST, request))
+
+
+async def _pump_states(
+    states: AsyncIterator[CallerState | Denial], events: asyncio.Queue[_Event]
+) -> None:
+    try:
+        async for state in states:
+            await events.put((_Kind.STATE, state))
+    except AgentError as err:
+        await events.put((_Kind.WATCH_FAILED, err))
+        return
+    await events.put((_Kind.WATCH_ENDED, None))
+
+
+def _log_fields(conn: Connection, method: str) -> dict[str, object]:
+    return {"pid": conn.pid, "conn_id": conn.conn_id, "api": "sds", "method": method}
+
+
+async def _abort_denied(context: grpc.aio.ServicerContext, denial: Denial) -> NoReturn:
+    # The resolver has logged the decision with its details; the caller gets the code only.
+    if denial.is_attestation_failure:
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"caller could not be attested: {denial.reason}"
+        )
+    await context.abort(
+        grpc.StatusCode.PERMISSION_DENIED, f"no identity for this caller: {denial.reason}"
+    )
+    raise AssertionError("context.abort returned")
+
+
+async def _abort_invalid(
+    context: grpc.aio.ServicerContext, fields: dict[str, object], err: SdsError
+) -> NoReturn:
+    resource = err.resource if isinstance(err, UnknownResourceError) else None
+    value = err.value if isinstance(err, InvalidRequestError) else None
+    event(logger, logging.WARNING, "SDS request rejected", **fields, resource=resource,
+          detail=value, error=str(err))
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+    raise AssertionError("context.abort returned")
+
+
+async def _abort_issue_failed(
+    context: grpc.aio.ServicerContext, fields: dict[str, object], err: AgentError
+) -> NoReturn:
+    event(logger, logging.ERROR, "SDS could not issue the caller's secrets", **fields,
+          error=str(err))
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "identity could not be issued")
+    raise AssertionError("context.abort returned")
