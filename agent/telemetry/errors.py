@@ -56,3 +56,7 @@ class NotifySocketError(TelemetryError):
             f"cannot notify systemd through NOTIFY_SOCKET={address!r}: {detail}; "
             "unset NOTIFY_SOCKET when not running under systemd Type=notify"
         )
+
+
+class AuditRecordError(TelemetryError):
+    """An audit record built with an invalid value, such as a naive datetime."""
