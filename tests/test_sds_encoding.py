@@ -130,7 +130,9 @@ def test_resource_names(ca: MiniCA, name: str, kind: str, spiffe_id: str | None)
     assert secret.name == name
     assert secret.WhichOneof("type") == kind
     if spiffe_id is not None:
-        leaf = x509.load_pem_x509_certificates(secret.tls_certificate.certificate_chain.inline_bytes)[0]
+        leaf = x509.load_pem_x509_certificates(
+            secret.tls_certificate.certificate_chain.inline_bytes
+        )[0]
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         assert san.value.get_values_for_type(x509.UniformResourceIdentifier) == [spiffe_id]
 

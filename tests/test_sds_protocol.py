@@ -155,7 +155,7 @@ def test_sotw_foreign_type_url(ca: MiniCA) -> None:
     session.on_state(ca.state(WEB))
     req = request("default")
     req.type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-    with pytest.raises(InvalidRequestError, match="envoy.config.cluster.v3.Cluster"):
+    with pytest.raises(InvalidRequestError, match=r"envoy\.config\.cluster\.v3\.Cluster"):
         session.on_request(req)
 
 

@@ -65,12 +65,16 @@ class SotwSession:
             self._node = EnvoyNode.from_proto(request.node)
             self._names = tuple(request.resource_names)
             return self._respond(force=True)
-        if self._sent_nonce is not None and request.response_nonce != self._sent_nonce:
+        stale = self._sent_nonce is not None and request.response_nonce != self._sent_nonce
+        if request.HasField("error_detail"):
+            # The rejected version is known only when the nonce names the latest response.
+            version = None if stale else self._sent_version
+            _log_nack(self._log_fields, request.resource_names, request, version)
+            if not stale:
+                self._rejected_version = self._sent_version
+        if stale:
             # A reply to an older response; the client sends another for the latest one.
             return None
-        if request.HasField("error_detail"):
-            _log_nack(self._log_fields, request.resource_names, request, self._sent_version)
-            self._rejected_version = self._sent_version
         self._names = tuple(request.resource_names)
         return self._respond(force=False)
 
@@ -127,9 +131,12 @@ class DeltaSession:
         if self._node is None:
             self._node = EnvoyNode.from_proto(request.node)
             self._client_versions.update(request.initial_resource_versions)
-        elif request.response_nonce == self._sent_nonce and request.HasField("error_detail"):
-            _log_nack(self._log_fields, self._sent_versions, request, None)
-            self._rejected.update(self._sent_versions)
+        elif request.HasField("error_detail"):
+            if request.response_nonce == self._sent_nonce:
+                _log_nack(self._log_fields, self._sent_versions, request, None)
+                self._rejected.update(self._sent_versions)
+            else:
+                _log_nack(self._log_fields, (), request, None)
         # Subscription changes count even on a request that echoes an older nonce.
         for name in request.resource_names_unsubscribe:
             self._subscribed.pop(name, None)

@@ -117,7 +117,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
             # process, so nothing can be attested.
             event(logger, logging.WARNING, "SDS caller has no pinned connection",
                   address=context.peer())
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "caller could not be attested")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "caller could not be identified")
             raise AssertionError("context.abort returned")
         return conn
 
@@ -195,10 +195,10 @@ async def _abort_denied(context: grpc.aio.ServicerContext, denial: Denial) -> No
     # The resolver has logged the decision with its details; the caller gets the code only.
     if denial.is_attestation_failure:
         await context.abort(
-            grpc.StatusCode.UNAVAILABLE, f"caller could not be attested: {denial.reason}"
+            grpc.StatusCode.UNAVAILABLE, f"caller attestation failed ({denial.reason})"
         )
     await context.abort(
-        grpc.StatusCode.PERMISSION_DENIED, f"no identity for this caller: {denial.reason}"
+        grpc.StatusCode.PERMISSION_DENIED, f"no identity issued ({denial.reason})"
     )
     raise AssertionError("context.abort returned")
 
@@ -219,5 +219,5 @@ async def _abort_issue_failed(
 ) -> NoReturn:
     event(logger, logging.ERROR, "SDS could not issue the caller's secrets", **fields,
           error=str(err))
-    await context.abort(grpc.StatusCode.UNAVAILABLE, "identity could not be issued")
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "identity issuance failed")
     raise AssertionError("context.abort returned")

@@ -72,9 +72,13 @@ class MiniCA:
         now = datetime.datetime.now(datetime.UTC)
         td_uri = x509.UniformResourceIdentifier(f"spiffe://{self.trust_domain}")
         self.root_key = ec.generate_private_key(ec.SECP256R1())
-        self.root = self._ca_cert(_name("root"), self.root_key, _name("root"), self.root_key, td_uri, now)
+        self.root = self._ca_cert(
+            _name("root"), self.root_key, _name("root"), self.root_key, td_uri, now
+        )
         self.inter_key = ec.generate_private_key(ec.SECP256R1())
-        self.inter = self._ca_cert(_name("node"), self.inter_key, _name("root"), self.root_key, td_uri, now)
+        self.inter = self._ca_cert(
+            _name("node"), self.inter_key, _name("root"), self.root_key, td_uri, now
+        )
 
     @staticmethod
     def _ca_cert(subject, key, issuer, issuer_key, uri, now) -> x509.Certificate:  # type: ignore[no-untyped-def]
@@ -96,7 +100,9 @@ class MiniCA:
         )
 
     def bundle(self, version: int = 1) -> FakeBundle:
-        return FakeBundle(self.trust_domain, self.root.public_bytes(PEM), self.root.public_bytes(DER), version)
+        return FakeBundle(
+            self.trust_domain, self.root.public_bytes(PEM), self.root.public_bytes(DER), version
+        )
 
     def svid(self, spiffe_id: str, *, with_root: bool = False, ttl: int = 3600) -> FakeSvid:
         now = datetime.datetime.now(datetime.UTC)
@@ -140,10 +146,14 @@ class MiniCA:
             serial=leaf.serial_number,
         )
 
-    def state(self, *spiffe_ids: str, bundle_version: int = 1, with_root: bool = False) -> CallerState:
+    def state(
+        self, *spiffe_ids: str, bundle_version: int = 1, with_root: bool = False
+    ) -> CallerState:
         """Return a caller state holding fresh SVIDs for ``spiffe_ids``, first is the default."""
         held = tuple(
-            CallerIdentity(identity=Identity(spiffe_id=sid), svid=self.svid(sid, with_root=with_root))
+            CallerIdentity(
+                identity=Identity(spiffe_id=sid), svid=self.svid(sid, with_root=with_root)
+            )
             for sid in spiffe_ids
         )
         return CallerState(
@@ -154,13 +164,16 @@ class MiniCA:
         )
 
 
-EVIDENCE = Evidence(pid=4242, uid=1000, gid=1000, euid=1000, egid=1000, start_time=1, exe_sha256="0" * 64)
+EVIDENCE = Evidence(
+    pid=4242, uid=1000, gid=1000, euid=1000, egid=1000, start_time=1, exe_sha256="0" * 64
+)
 
 
 def rotated(state: CallerState, ca: MiniCA) -> CallerState:
     """Return ``state`` with every SVID re-minted, as after a rotation."""
     held = tuple(
-        CallerIdentity(identity=h.identity, svid=ca.svid(h.identity.spiffe_id)) for h in state.identities
+        CallerIdentity(identity=h.identity, svid=ca.svid(h.identity.spiffe_id))
+        for h in state.identities
     )
     return replace(state, identities=held)
 
@@ -174,7 +187,9 @@ class FakeResolver:
 
     def __init__(self, first: CallerState | Denial) -> None:
         self.latest: CallerState | Denial = first
-        self.connection = Connection("test-conn", PeerCredentials(4242, 1000, 1000), pidfd=-1, start_time=1)
+        self.connection = Connection(
+            "test-conn", PeerCredentials(4242, 1000, 1000), pidfd=-1, start_time=1
+        )
         self.connection.closed = False
         self._queues: list[object] = []
         self.peers: list[str] = []
