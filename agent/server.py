@@ -26,7 +26,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent import workload_api
+from agent import sds, workload_api
 from agent.attest import Attestor
 from agent.ca import Authority, CASettings
 from agent.config import Settings
@@ -44,7 +44,7 @@ ServiceHook = Callable[[Any, IdentityResolver], None]
 
 # gRPC services served on the agent socket. The SDS servicer and the grpc.health.v1
 # service register here; every hook gets the grpc.aio server and the resolver.
-SERVICE_HOOKS: list[ServiceHook] = [workload_api.add_to_server]
+SERVICE_HOOKS: list[ServiceHook] = [workload_api.add_to_server, sds.add_to_server]
 
 # Streams get this long to end after SIGTERM; the rest of the shutdown fits in the 5 s
 # that orchestrators commonly wait before SIGKILL.
