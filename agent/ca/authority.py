@@ -1,0 +1,400 @@
+"""The node's certificate authority: mints SVIDs, keeps them fresh, publishes bundles.
+
+Create ``Authority(settings)``, ``await start()`` before any other call and
+``await close()`` at shutdown; calls outside that window raise CANotReadyError. Use it
+from one event loop. Minting, key generation and file reads run in threads. Every SVID
+renewal and every bundle change bumps ``notifier`` once; subscribers then fetch the
+current state again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.ca import watch
+from agent.ca.errors import CAError, CANotReadyError, IntermediateExpiredError, SvidRequestError
+from agent.ca.ids import check_dns_name, check_workload_id
+from agent.ca.jwtkeys import JwtBundle, JwtKeyRing, new_jwt_key
+from agent.ca.jwtsvid import sign_jwt_svid, validate_jwt_svid
+from agent.ca.material import CAMaterial
+from agent.ca.rotation import CacheEntry, CacheKey, SvidCache
+from agent.ca.settings import CASettings, check_settings
+from agent.ca.x509svid import (
+    X509Bundle,
+    X509Svid,
+    make_x509_bundle,
+    mint_x509_svid,
+    validity_window,
+)
+from agent.log import event
+from agent.notify import Notifier
+
+logger = logging.getLogger(__name__)
+
+# Clock skew allowed when checking a JWT-SVID's exp and nbf, in seconds.
+JWT_LEEWAY_SECONDS = 30
+# After a failed renewal, the next attempt waits this long (or a tenth of the
+# SVID lifetime, if shorter).
+RENEWAL_RETRY_SECONDS = 5.0
+
+
+class Authority:
+    """Mints X.509-SVIDs and JWT-SVIDs for one trust domain and rotates them."""
+
+    def __init__(self, settings: CASettings) -> None:
+        check_settings(settings)
+        self._settings = settings
+        self._notifier = Notifier()
+        self._cache = SvidCache(random.SystemRandom())
+        self._inflight: dict[CacheKey, asyncio.Task[CacheEntry]] = {}
+        self._material: CAMaterial | None = None
+        self._x509_bundle: X509Bundle | None = None
+        self._jwt_ring: JwtKeyRing | None = None
+        self._jwt_bundle: JwtBundle | None = None
+        self._files = watch.CAFiles(settings)
+        self._wake = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        """Load (or create) the signing material, make JWT keys, start rotation."""
+        if self._task is not None or self._closed:
+            raise CAError("Authority.start() may be called once, before close()")
+        material = await self._files.load()
+        self._install_material(material, initial=True)
+        algorithm = self._settings.jwt_algorithm
+        active, upcoming = await asyncio.gather(
+            asyncio.to_thread(new_jwt_key, algorithm), asyncio.to_thread(new_jwt_key, algorithm)
+        )
+        retention = self._settings.jwt_svid_ttl + JWT_LEEWAY_SECONDS
+        self._jwt_ring = JwtKeyRing(active, upcoming, retention, time.time())
+        self._publish_jwt_bundle(initial=True)
+        self._task = asyncio.create_task(self._run(), name="ca-rotation")
+        event(
+            logger,
+            logging.INFO,
+            "certificate authority started",
+            trust_domain=self.trust_domain,
+            serial=f"{material.cert.serial_number:x}",
+            not_after=material.not_after.isoformat(),
+        )
+
+    async def close(self) -> None:
+        """Stop rotation and forget every cached SVID and key."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for pending in list(self._inflight.values()):
+            pending.cancel()
+        self._cache.clear()
+        self._material = None
+        self._jwt_ring = None
+
+    async def reload(self) -> None:
+        """Re-read the CA files now; on error keep the current CA and raise CAError."""
+        self._require_running("reload()")
+        async with self._reload_lock:
+            material = await self._files.load()
+            self._install_material(material, initial=False)
+
+    # Properties
+
+    @property
+    def trust_domain(self) -> str:
+        return self._settings.trust_domain
+
+    @property
+    def notifier(self) -> Notifier:
+        """Change counter bumped once per SVID renewal and once per bundle change."""
+        return self._notifier
+
+    @property
+    def ready(self) -> bool:
+        """True while the CA runs and its intermediate certificate is valid."""
+        if self._closed or self._task is None or self._task.done() or self._material is None:
+            return False
+        return datetime.now(UTC) < self._material.not_after
+
+    @property
+    def intermediate_not_after(self) -> datetime:
+        return self._require_material("intermediate_not_after").not_after
+
+    # X.509-SVIDs and bundle
+
+    async def get_x509_svid(
+        self,
+        spiffe_id: str,
+        *,
+        dns_names: Sequence[str] = (),
+        ttl: int | None = None,
+        hint: str = "",
+    ) -> X509Svid:
+        """Return a current X.509-SVID for ``spiffe_id``, minting one if none is cached.
+
+        SVIDs are cached per (SPIFFE ID, DNS names, TTL); ``ttl`` None means the
+        configured default. Raises SvidRequestError for invalid input and
+        IntermediateExpiredError when the CA can no longer sign.
+        """
+        self._require_running("get_x509_svid()")
+        key = self._cache_key(spiffe_id, dns_names, ttl)
+        now = time.time()
+        entry = self._cache.lookup(key, now)
+        if entry is None or not entry.usable(now):
+            entry = await self._renew(key, hint, renewal=entry is not None)
+            self._wake.set()
+        svid = entry.svid
+        return svid if svid.hint == hint else replace(svid, hint=hint)
+
+    def x509_bundle(self) -> X509Bundle:
+        """Return the trust domain's root certificates."""
+        self._require_running("x509_bundle()")
+        if self._x509_bundle is None:
+            raise CANotReadyError("x509_bundle()")
+        return self._x509_bundle
+
+    def _cache_key(self, spiffe_id: str, dns_names: Sequence[str], ttl: int | None) -> CacheKey:
+        check_workload_id(spiffe_id, self.trust_domain)
+        if isinstance(dns_names, str):
+            raise SvidRequestError("DNS names", dns_names, "pass a sequence of names, not a string")
+        names = tuple(sorted({check_dns_name(name) for name in dns_names}))
+        if ttl is None:
+            ttl = self._settings.x509_svid_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+            raise SvidRequestError("TTL", ttl, "use a positive number of seconds")
+        return (spiffe_id, names, ttl)
+
+    async def _renew(self, key: CacheKey, hint: str, *, renewal: bool) -> CacheEntry:
+        # One mint per key at a time: concurrent requesters share the running task,
+        # shielded so that one cancelled requester does not cancel it for the others.
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._mint_and_store(key, hint, renewal=renewal))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _mint_and_store(self, key: CacheKey, hint: str, *, renewal: bool) -> CacheEntry:
+        material = self._require_material("minting")
+        spiffe_id, dns_names, ttl = key
+        now = datetime.now(UTC)
+        if now >= material.not_after:
+            raise IntermediateExpiredError(material.not_after)
+        not_before, not_after, capped = validity_window(
+            material, now, ttl, self._settings.backdate_seconds
+        )
+        if capped:
+            event(
+                logger,
+                logging.WARNING,
+                "SVID TTL capped at the intermediate CA's expiry",
+                spiffe_id=spiffe_id,
+                ttl_seconds=ttl,
+                not_after=not_after.isoformat(),
+            )
+        svid = await asyncio.to_thread(
+            functools.partial(
+                mint_x509_svid,
+                material,
+                spiffe_id,
+                dns_names=dns_names,
+                key_type=self._settings.svid_key_type,
+                not_before=not_before,
+                not_after=not_after,
+                hint=hint,
+            )
+        )
+        issued_at = now.timestamp()
+        lifetime = (not_after - now).total_seconds() if capped else float(ttl)
+        entry = self._cache.store(key, svid, issued_at, lifetime)
+        event(
+            logger,
+            logging.DEBUG,
+            "X.509-SVID minted",
+            spiffe_id=spiffe_id,
+            serial=f"{svid.serial:x}",
+            not_after=svid.not_after.isoformat(),
+        )
+        if renewal:
+            self._notifier.notify()
+        return entry
+
+    # JWT-SVIDs and bundle
+
+    async def mint_jwt_svid(self, spiffe_id: str, audiences: Sequence[str]) -> str:
+        """Return a JWT-SVID for ``spiffe_id`` valid for every audience in ``audiences``."""
+        ring = self._require_ring("mint_jwt_svid()")
+        check_workload_id(spiffe_id, self.trust_domain)
+        if isinstance(audiences, str) or not audiences:
+            raise SvidRequestError("audiences", audiences, "pass a non-empty list of audiences")
+        for audience in audiences:
+            if not isinstance(audience, str) or not audience:
+                raise SvidRequestError("audience", audience, "audiences are non-empty strings")
+        token = await asyncio.to_thread(
+            sign_jwt_svid,
+            ring.active,
+            spiffe_id,
+            list(audiences),
+            self._settings.jwt_svid_ttl,
+            int(time.time()),
+        )
+        event(logger, logging.DEBUG, "JWT-SVID minted", spiffe_id=spiffe_id, key=ring.active.kid)
+        return token
+
+    def validate_jwt_svid(self, token: str, audience: str) -> tuple[str, dict[str, Any]]:
+        """Return (spiffe_id, claims) of a valid JWT-SVID or raise JwtSvidError."""
+        ring = self._require_ring("validate_jwt_svid()")
+        return validate_jwt_svid(
+            token,
+            audience,
+            find_key=ring.find,
+            trust_domains={self.trust_domain},
+            now=time.time(),
+            leeway=JWT_LEEWAY_SECONDS,
+        )
+
+    def jwt_bundle(self) -> JwtBundle:
+        """Return the JWKS of every JWT key whose tokens may still be valid."""
+        self._require_ring("jwt_bundle()")
+        if self._jwt_bundle is None:
+            raise CANotReadyError("jwt_bundle()")
+        return self._jwt_bundle
+
+    def _publish_jwt_bundle(self, *, initial: bool) -> None:
+        ring = self._jwt_ring
+        if ring is None:
+            raise CANotReadyError("publishing the JWT bundle")
+        version = 1 if self._jwt_bundle is None else self._jwt_bundle.version + 1
+        self._jwt_bundle = JwtBundle(self.trust_domain, ring.jwks(), version)
+        if not initial:
+            self._notifier.notify()
+
+    # Signing material
+
+    def _install_material(self, material: CAMaterial, *, initial: bool) -> None:
+        previous = self._material
+        self._material = material
+        chain_changed = previous is not None and previous.chain != material.chain
+        roots_changed = previous is None or previous.roots != material.roots
+        if chain_changed:
+            # Re-issue every cached SVID from the new intermediate.
+            self._cache.mark_all_due(time.time())
+            self._wake.set()
+            event(
+                logger,
+                logging.INFO,
+                "intermediate CA replaced",
+                serial=f"{material.cert.serial_number:x}",
+                not_after=material.not_after.isoformat(),
+            )
+        if roots_changed:
+            version = 1 if self._x509_bundle is None else self._x509_bundle.version + 1
+            self._x509_bundle = make_x509_bundle(self.trust_domain, material.roots, version)
+            if not initial:
+                self._notifier.notify()
+
+    # Background rotation
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            now = time.time()
+            await self._renew_due(now)
+            await self._rotate_jwt_keys(now)
+            await self._check_files(now)
+            delay = max(0.0, self._next_deadline() - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    def _next_deadline(self) -> float:
+        ring = self._require_ring("rotation")
+        deadlines = [
+            ring.activated_at + self._settings.jwt_key_rotation,
+            self._files.next_check(),
+        ]
+        for optional in (self._cache.next_renewal(), ring.next_removal()):
+            if optional is not None:
+                deadlines.append(optional)
+        return min(deadlines)
+
+    async def _renew_due(self, now: float) -> None:
+        for key in self._cache.due(now):
+            if self._cache.is_abandoned(key, now):
+                self._cache.drop(key)
+                event(logger, logging.DEBUG, "unused X.509-SVID dropped", spiffe_id=key[0])
+                continue
+            entry = self._cache.peek(key)
+            hint = entry.svid.hint if entry else ""
+            try:
+                await self._renew(key, hint, renewal=True)
+            except CAError as error:
+                lifetime = entry.lifetime if entry else RENEWAL_RETRY_SECONDS
+                self._cache.postpone(key, now + min(RENEWAL_RETRY_SECONDS, lifetime / 10))
+                event(
+                    logger,
+                    logging.ERROR,
+                    "X.509-SVID renewal failed",
+                    spiffe_id=key[0],
+                    error=error,
+                )
+
+    async def _rotate_jwt_keys(self, now: float) -> None:
+        ring = self._require_ring("rotation")
+        changed = ring.prune(now)
+        if now >= ring.activated_at + self._settings.jwt_key_rotation:
+            upcoming = await asyncio.to_thread(new_jwt_key, self._settings.jwt_algorithm)
+            ring.rotate(upcoming, time.time())
+            event(logger, logging.INFO, "JWT signing key rotated", key=ring.active.kid)
+            changed = True
+        if changed:
+            self._publish_jwt_bundle(initial=False)
+
+    async def _check_files(self, now: float) -> None:
+        material = self._require_material("rotation")
+        self._files.warn_if_expiring(material, now)
+        if not await self._files.changed(now, material):
+            return
+        async with self._reload_lock:
+            try:
+                fresh = await self._files.load()
+            except CAError as error:
+                self._files.record_failure()
+                event(
+                    logger,
+                    logging.ERROR,
+                    "CA files could not be reloaded; keeping the current intermediate",
+                    path=self._files.describe(),
+                    error=error,
+                )
+                return
+            self._install_material(fresh, initial=False)
+
+    # Guards
+
+    def _require_running(self, operation: str) -> None:
+        if self._closed or self._task is None:
+            raise CANotReadyError(operation)
+
+    def _require_material(self, operation: str) -> CAMaterial:
+        if self._material is None:
+            raise CANotReadyError(operation)
+        return self._material
+
+    def _require_ring(self, operation: str) -> JwtKeyRing:
+        self._require_running(operation)
+        if self._jwt_ring is None:
+            raise CANotReadyError(operation)
+        return self._jwt_ring
