@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from agent.attest.evidence import Evidence
+from agent.ca import JwtBundle, X509Bundle, X509Svid
 from agent.denial import Denial, Reason
 from agent.errors import AgentError
 from agent.log import event
@@ -47,53 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class X509Svid(Protocol):
-    """The fields of agent.ca's X509Svid that the services read."""
-
-    @property
-    def spiffe_id(self) -> str: ...
-    @property
-    def chain_der(self) -> bytes: ...
-    @property
-    def chain_pem(self) -> bytes: ...
-    @property
-    def key_der(self) -> bytes: ...
-    @property
-    def key_pem(self) -> bytes: ...
-    @property
-    def not_before(self) -> datetime: ...
-    @property
-    def not_after(self) -> datetime: ...
-    @property
-    def serial(self) -> int: ...
-    @property
-    def hint(self) -> str: ...
-
-
-class X509Bundle(Protocol):
-    """The fields of agent.ca's X509Bundle that the services read."""
-
-    @property
-    def trust_domain(self) -> object: ...
-    @property
-    def der(self) -> bytes: ...
-    @property
-    def pem(self) -> bytes: ...
-    @property
-    def version(self) -> int: ...
-
-
-class JwtBundle(Protocol):
-    """The fields of agent.ca's JwtBundle that the services read."""
-
-    @property
-    def trust_domain(self) -> object: ...
-    @property
-    def jwks(self) -> bytes: ...
-    @property
-    def version(self) -> int: ...
 
 
 class PeerRegistry(Protocol):
