@@ -36,6 +36,7 @@ class FileState:
 
     real_path: str | None
     signature: tuple[int, ...] | None
+    mtime_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,14 @@ class ManifestFiles:
     name: str
     manifest: FileState
     signature: FileState
+
+    def modified_since(self, time_ns: int) -> bool:
+        """Tell whether either file's modification time is at or after ``time_ns``.
+
+        File times advance in coarse ticks, so a file rewritten in place within one
+        tick keeps its stat; callers re-read such recent files instead of trusting stat.
+        """
+        return max(self.manifest.mtime_ns, self.signature.mtime_ns) >= time_ns
 
 
 def scan_directory(directory: Path) -> dict[str, ManifestFiles]:
@@ -136,4 +145,4 @@ def _file_state(path: Path) -> FileState:
         link.st_ino, link.st_mtime_ns, link.st_ctime_ns, link.st_size,
         target.st_dev, target.st_ino, target.st_mtime_ns, target.st_ctime_ns, target.st_size,
     )
-    return FileState(os.path.realpath(path), fields)
+    return FileState(os.path.realpath(path), fields, target.st_mtime_ns)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,11 +50,23 @@ from agent.spiffeid import parse_trust_domain
 
 logger = logging.getLogger(__name__)
 
+# Files modified this recently are re-read even if their stat looks unchanged, because
+# an in-place rewrite within one file-time tick leaves size and times as they were.
+_RECENT_CHANGE_NS = 2_000_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     files: ManifestFiles
     outcome: Manifest | ManifestError
+
+
+def _same_outcome(old: Manifest | ManifestError, new: Manifest | ManifestError) -> bool:
+    if isinstance(old, Manifest) and isinstance(new, Manifest):
+        return old.sha256 == new.sha256
+    if isinstance(old, ManifestError) and isinstance(new, ManifestError):
+        return (type(old), old.reason, str(old)) == (type(new), new.reason, str(new))
+    return False
 
 
 class ManifestStore:
@@ -145,26 +158,41 @@ class ManifestStore:
                 listing = {}
             else:
                 self._directory_failed = False
-            loaded = {name: await self._reuse_or_load(files) for name, files in listing.items()}
+            recent = time.time_ns() - _RECENT_CHANGE_NS
+            loaded = {
+                name: await self._reuse_or_load(files, recent) for name, files in listing.items()
+            }
             for name in self._cache.keys() - loaded.keys():
                 event(logger, logging.INFO, "manifest removed", file=name)
             self._cache = loaded
             self._swap(tuple(e.outcome for e in loaded.values() if isinstance(e.outcome, Manifest)))
 
-    async def _reuse_or_load(self, files: ManifestFiles) -> _Loaded:
+    async def _reuse_or_load(self, files: ManifestFiles, recent_ns: int) -> _Loaded:
+        """Return the cached outcome if the files did not change, else load them again.
+
+        An outcome equal to the cached one (same manifest bytes, or the same error) is
+        not logged or counted again, so a bad file produces one error per version.
+        """
         cached = self._cache.get(files.name)
-        if cached is not None and cached.files == files:
+        if cached is not None and cached.files == files and not files.modified_since(recent_ns):
             return cached
+        outcome: Manifest | ManifestError
         try:
-            manifest = await self._load_file(files)
+            outcome = await self._load_file(files)
         except ManifestError as error:
+            outcome = error
+        if cached is None or not _same_outcome(cached.outcome, outcome):
+            self._log_outcome(files.name, outcome)
+        return _Loaded(files, outcome)
+
+    def _log_outcome(self, name: str, outcome: Manifest | ManifestError) -> None:
+        if isinstance(outcome, ManifestError):
             self.load_errors += 1
             event(logger, logging.ERROR, "manifest rejected",
-                  file=files.name, reason=error.reason, key=error.key, error=str(error))
-            return _Loaded(files, error)
-        event(logger, logging.INFO, "manifest loaded",
-              file=files.name, spiffe_id=manifest.spiffe_id, not_after=manifest.not_after)
-        return _Loaded(files, manifest)
+                  file=name, reason=outcome.reason, key=outcome.key, error=str(outcome))
+        else:
+            event(logger, logging.INFO, "manifest loaded",
+                  file=name, spiffe_id=outcome.spiffe_id, not_after=outcome.not_after)
 
     async def _load_file(self, files: ManifestFiles) -> Manifest:
         name = files.name
