@@ -52,12 +52,16 @@ def parse_health_address(address: str) -> tuple[str, int]:
     host, separator, port_text = address.rpartition(":")
     if not separator or not host:
         raise HealthAddressError(address, "expected HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
     try:
         ip = ipaddress.ip_address(host)
     except ValueError as error:
         raise HealthAddressError(address, f"{host!r} is not an IP address") from error
+    if ip.version == 6 and not bracketed:
+        # "::1:8081" is itself an IPv6 address, so the port is ambiguous without brackets.
+        raise HealthAddressError(address, "write an IPv6 address in brackets, as in [::1]:8081")
     if not port_text.isdigit() or int(port_text) > 65535:
         raise HealthAddressError(address, f"{port_text!r} is not a port number from 0 to 65535")
     return str(ip), int(port_text)
