@@ -96,7 +96,7 @@ def test_time_converted_to_utc() -> None:
 
 def test_naive_time_rejected() -> None:
     with pytest.raises(AuditRecordError, match="has no time zone"):
-        audit_record(Decision.REVOKED, now=lambda: datetime(2026, 1, 1))  # noqa: DTZ001
+        audit_record(Decision.REVOKED, now=lambda: datetime(2026, 1, 1))
 
 
 def test_file_created_0600_and_appended(tmp_path: Path) -> None:
