@@ -1,8 +1,9 @@
 """SPIFFE ID and DNS name checks for what the CA puts into SVIDs.
 
 Call ``check_trust_domain`` on configured trust domains, ``check_workload_id`` before
-minting for a SPIFFE ID and ``check_dns_name`` for every DNS SAN. Each raises
-SvidRequestError naming the value; nothing here touches the network.
+minting for a SPIFFE ID and ``check_dns_name`` for every DNS SAN. SPIFFE ID syntax is
+decided by agent.spiffeid; its errors become SvidRequestError here, so callers of the
+CA catch CAError only.
 """
 
 from __future__ import annotations
@@ -10,53 +11,33 @@ from __future__ import annotations
 import re
 
 from agent.ca.errors import SvidRequestError
+from agent.spiffeid import InvalidSpiffeIdError, SpiffeId, parse_trust_domain
 
-# TODO: switch to agent.spiffeid once it exists, so that one parser decides validity.
-_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
-_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_SCHEME = "spiffe://"
-_MAX_ID_BYTES = 2048
-_MAX_TRUST_DOMAIN_BYTES = 255
 _MAX_DNS_NAME_BYTES = 253
 
 
 def check_trust_domain(trust_domain: str) -> str:
-    """Return the trust domain name if it follows the SPIFFE ID standard's rules."""
-    if not trust_domain or len(trust_domain.encode()) > _MAX_TRUST_DOMAIN_BYTES:
-        raise SvidRequestError("trust domain", trust_domain, "must be 1 to 255 bytes long")
-    if not _TRUST_DOMAIN.fullmatch(trust_domain):
-        raise SvidRequestError(
-            "trust domain",
-            trust_domain,
-            "use only lowercase letters, digits, '.', '-' and '_' (no scheme, port or path)",
-        )
-    return trust_domain
+    """Return the trust domain name (``example.org``) if it follows the SPIFFE rules.
 
-
-def split_spiffe_id(spiffe_id: str) -> tuple[str, str]:
-    """Split a SPIFFE ID into (trust domain, path) after checking its syntax.
-
-    The path is "" for a trust domain ID and otherwise starts with "/".
+    A bare name is required: ``spiffe://example.org`` is rejected, so that each trust
+    domain has one spelling in settings.
     """
-    if len(spiffe_id.encode()) > _MAX_ID_BYTES:
-        raise SvidRequestError("SPIFFE ID", spiffe_id, "is longer than 2048 bytes")
-    if not spiffe_id.startswith(_SCHEME):
-        raise SvidRequestError("SPIFFE ID", spiffe_id, "must start with spiffe://")
-    rest = spiffe_id[len(_SCHEME) :]
-    trust_domain, slash, path = rest.partition("/")
-    check_trust_domain(trust_domain)
-    if not slash:
-        return trust_domain, ""
-    for segment in path.split("/"):
-        if segment in ("", ".", "..") or not _PATH_SEGMENT.fullmatch(segment):
-            raise SvidRequestError(
-                "SPIFFE ID",
-                spiffe_id,
-                "path segments must be non-empty, not '.' or '..', and use only "
-                "letters, digits, '.', '-' and '_'",
-            )
-    return trust_domain, "/" + path
+    try:
+        name = parse_trust_domain(trust_domain)
+    except InvalidSpiffeIdError as error:
+        raise SvidRequestError("trust domain", trust_domain, str(error)) from None
+    if name != trust_domain:
+        raise SvidRequestError("trust domain", trust_domain, f"use the bare name {name!r}")
+    return name
+
+
+def parse_workload_id(spiffe_id: str) -> SpiffeId:
+    """Parse a workload SPIFFE ID (non-empty path) or raise SvidRequestError."""
+    try:
+        return SpiffeId.parse(spiffe_id)
+    except InvalidSpiffeIdError as error:
+        raise SvidRequestError("SPIFFE ID", spiffe_id, str(error)) from None
 
 
 def check_workload_id(spiffe_id: str, trust_domain: str) -> str:
@@ -65,15 +46,14 @@ def check_workload_id(spiffe_id: str, trust_domain: str) -> str:
     A workload ID needs a non-empty path; the X509-SVID standard forbids a bare trust
     domain ID in a leaf certificate.
     """
-    id_domain, path = split_spiffe_id(spiffe_id)
-    if id_domain != trust_domain:
+    parsed = parse_workload_id(spiffe_id)
+    if parsed.trust_domain != trust_domain:
         raise SvidRequestError(
             "SPIFFE ID",
             spiffe_id,
-            f"belongs to trust domain {id_domain!r}, but this CA signs only for {trust_domain!r}",
+            f"belongs to trust domain {parsed.trust_domain!r}, but this CA signs only for "
+            f"{trust_domain!r}",
         )
-    if not path:
-        raise SvidRequestError("SPIFFE ID", spiffe_id, "a workload SPIFFE ID needs a path")
     return spiffe_id
 
 

@@ -15,7 +15,7 @@ import jwt
 from jwt.types import Options
 
 from agent.ca.errors import JwtSvidError, SvidRequestError
-from agent.ca.ids import split_spiffe_id
+from agent.ca.ids import parse_workload_id
 from agent.ca.jwtkeys import JwtKey
 
 # Algorithms the JWT-SVID standard allows. Everything else, including "none" and the
@@ -137,11 +137,9 @@ def _check_subject(claims: dict[str, Any], trust_domains: Collection[str]) -> st
     if not isinstance(subject, str):
         raise JwtSvidError("invalid_subject", "claim sub is not a string")
     try:
-        trust_domain, path = split_spiffe_id(subject)
+        parsed = parse_workload_id(subject)
     except SvidRequestError as error:
         raise JwtSvidError("invalid_subject", error.detail) from None
-    if trust_domain not in trust_domains:
-        raise JwtSvidError("invalid_subject", f"trust domain {trust_domain!r} is not known")
-    if not path:
-        raise JwtSvidError("invalid_subject", f"sub {subject!r} has no path")
+    if parsed.trust_domain not in trust_domains:
+        raise JwtSvidError("invalid_subject", f"trust domain {parsed.trust_domain!r} is not known")
     return subject
