@@ -1,0 +1,244 @@
+"""The attestation entry point: Evidence about a pinned process, or a Denial.
+
+Services call ``await attestor.attest(connection)`` for every request and get either
+Evidence or a Denial; attestation errors never escape. ``attest_pid(pid)`` pins a pid
+itself with pidfd_open and serves the CLI (``inspect``). All /proc reads and hashing
+run in a worker thread, so the event loop never blocks on them.
+
+Why the evidence can be trusted: every /proc file is read by pid, and a pid can be
+reused once its process has exited and been reaped. After the last read the attestor
+checks that the pinned pidfd still shows the process alive and that its start time
+and credentials are unchanged. A live pinned process means the pid was never reused,
+so every read described the pinned process. Any mismatch fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.attest.cgroups import parse_cgroup_file
+from agent.attest.errors import (
+    AttestationError,
+    CgroupParseError,
+    ProcessExitedError,
+    ProcessReplacedError,
+    ProcUnreadableError,
+)
+from agent.attest.evidence import Evidence
+from agent.attest.hashing import ExeHasher, HashCacheStats
+from agent.attest.procfs import (
+    ProcessIds,
+    read_cgroup_text,
+    read_process_ids,
+    read_start_time,
+)
+from agent.denial import Denial, Reason
+from agent.log import event
+from agent.peer.connection import Connection
+from agent.peer.process import pidfd_exited
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pin:
+    """What the evidence must still match at the end: the pidfd, start time and ids.
+
+    ``euid``/``egid`` are SO_PEERCRED's effective ids for connections, or the ids read
+    at pin time for ``attest_pid``.
+    """
+
+    pid: int
+    pidfd: int
+    start_time: int
+    euid: int
+    egid: int
+
+
+class Attestor:
+    """Collects Evidence about processes; one instance serves the whole agent."""
+
+    def __init__(
+        self,
+        proc_root: Path = Path("/proc"),
+        *,
+        cache_size: int = 256,
+        max_exe_size: int | None = None,
+    ) -> None:
+        self._proc_root = proc_root
+        self._hasher = ExeHasher(proc_root, cache_size=cache_size, max_exe_size=max_exe_size)
+
+    @property
+    def hash_cache_stats(self) -> HashCacheStats:
+        """Counters of the executable digest cache (hits, misses, bytes hashed)."""
+        return self._hasher.stats
+
+    async def attest(self, conn: Connection) -> Evidence | Denial:
+        """Return Evidence about the process pinned to ``conn``, or a Denial."""
+        if conn.pid == 0:
+            return _deny(
+                Denial(
+                    Reason.PID_NAMESPACE_HIDDEN,
+                    "the caller's PID namespace is not visible to the agent; "
+                    "run the agent in the host PID namespace (hostPID: true)",
+                    pid=0,
+                )
+            )
+        if conn.closed:
+            return _deny(
+                Denial(Reason.SOCKET_NOT_HELD, f"connection {conn.conn_id} is closed", conn.pid)
+            )
+        # The worker thread gets its own copy of the pidfd, so a concurrent close of
+        # the connection cannot make it poll an unrelated, reused descriptor number.
+        try:
+            pidfd = os.dup(conn.pidfd)
+        except OSError as exc:
+            return _deny(
+                Denial(Reason.SOCKET_NOT_HELD, f"connection {conn.conn_id}: {exc}", conn.pid)
+            )
+        pin = _Pin(conn.pid, pidfd, conn.start_time, conn.creds.uid, conn.creds.gid)
+        return await self._run_collect(pin, pin_in_thread=False)
+
+    async def attest_pid(self, pid: int) -> Evidence | Denial:
+        """Pin ``pid`` with pidfd_open and return Evidence about it, or a Denial."""
+        if pid <= 0:
+            return _deny(Denial(Reason.PROC_UNREADABLE, f"invalid pid {pid}: use a positive pid"))
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return _deny(Denial(Reason.PROCESS_EXITED, f"no process with pid {pid}", pid))
+        except OSError as exc:
+            return _deny(Denial(Reason.PROC_UNREADABLE, f"cannot pin process {pid}: {exc}", pid))
+        pin = _Pin(pid, pidfd, start_time=-1, euid=-1, egid=-1)
+        return await self._run_collect(pin, pin_in_thread=True)
+
+    async def _run_collect(self, pin: _Pin, *, pin_in_thread: bool) -> Evidence | Denial:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self._collect_or_deny, pin, pin_in_thread)
+        # The pidfd is closed only when the thread is done with it. shield keeps the
+        # thread's future alive if the caller is cancelled, so the close still waits.
+        future.add_done_callback(lambda _: os.close(pin.pidfd))
+        result = await asyncio.shield(future)
+        if isinstance(result, Denial):
+            return _deny(result)
+        event(
+            logger,
+            logging.DEBUG,
+            "process attested",
+            pid=result.pid,
+            exe_sha256=result.exe_sha256,
+            pod_uid=result.pod_uid,
+            container_id=result.container_id,
+            systemd_unit=result.systemd_unit,
+        )
+        return result
+
+    def _collect_or_deny(self, pin: _Pin, pin_in_thread: bool) -> Evidence | Denial:
+        try:
+            if pin_in_thread:
+                pin = self._pin_now(pin)
+            return self._collect(pin)
+        except AttestationError as exc:
+            return self._refine(exc, pin).to_denial()
+
+    def _pin_now(self, pin: _Pin) -> _Pin:
+        start_time = read_start_time(pin.pid, self._proc_root)
+        ids = read_process_ids(pin.pid, self._proc_root)
+        return _Pin(pin.pid, pin.pidfd, start_time, ids.euid, ids.egid)
+
+    def _collect(self, pin: _Pin) -> Evidence:
+        self._check_start_time(pin)
+        ids = read_process_ids(pin.pid, self._proc_root)
+        _check_credentials(pin, ids)
+        try:
+            cgroups = parse_cgroup_file(read_cgroup_text(pin.pid, self._proc_root))
+        except CgroupParseError as exc:
+            exc.pid = pin.pid
+            raise
+        exe = self._hasher.digest(pin.pid)
+        self._recheck(pin, ids)
+        return Evidence(
+            pid=pin.pid,
+            uid=ids.uid,
+            gid=ids.gid,
+            euid=ids.euid,
+            egid=ids.egid,
+            start_time=pin.start_time,
+            exe_sha256=exe.sha256,
+            pod_uid=cgroups.pod_uid,
+            container_id=cgroups.container_id,
+            systemd_unit=cgroups.systemd_unit,
+            exe_path=exe.exe_path,
+        )
+
+    def _check_start_time(self, pin: _Pin) -> None:
+        observed = read_start_time(pin.pid, self._proc_root)
+        if observed != pin.start_time:
+            raise ProcessReplacedError(
+                f"pid {pin.pid} now belongs to another process: start time "
+                f"{pin.start_time} when pinned, {observed} now",
+                pid=pin.pid,
+                expected=pin.start_time,
+                observed=observed,
+            )
+
+    def _recheck(self, pin: _Pin, ids_before: ProcessIds) -> None:
+        # Closes the race where the pinned process exits during collection and its pid
+        # goes to a newcomer, whose files the reads above may have seen.
+        self._check_start_time(pin)
+        ids_after = read_process_ids(pin.pid, self._proc_root)
+        if ids_after != ids_before:
+            raise ProcessReplacedError(
+                f"credentials of process {pin.pid} changed during attestation: "
+                f"{ids_before} before, {ids_after} after",
+                pid=pin.pid,
+                expected=ids_before,
+                observed=ids_after,
+            )
+        if pidfd_exited(pin.pidfd):
+            raise ProcessExitedError(f"process {pin.pid} exited during attestation", pid=pin.pid)
+
+    def _refine(self, exc: AttestationError, pin: _Pin) -> AttestationError:
+        # Read failures of an exited process are reported as the exit itself.
+        if isinstance(exc, ProcessExitedError | ProcessReplacedError):
+            return exc
+        try:
+            exited = pidfd_exited(pin.pidfd)
+        except OSError as poll_error:
+            return ProcUnreadableError(
+                f"cannot poll the pidfd of process {pin.pid}: {poll_error}",
+                pid=pin.pid,
+                path="pidfd",
+            )
+        if exited:
+            return ProcessExitedError(f"process {pin.pid} exited ({exc.message})", pid=pin.pid)
+        return exc
+
+
+def _check_credentials(pin: _Pin, ids: ProcessIds) -> None:
+    # SO_PEERCRED records the effective ids at connect(); a caller that changed them
+    # since then is no longer the caller that connected.
+    if (ids.euid, ids.egid) != (pin.euid, pin.egid):
+        raise ProcessReplacedError(
+            f"effective uid/gid of process {pin.pid} changed: {pin.euid}/{pin.egid} at "
+            f"connect, {ids.euid}/{ids.egid} now",
+            pid=pin.pid,
+            expected=(pin.euid, pin.egid),
+            observed=(ids.euid, ids.egid),
+        )
+
+
+def _deny(denial: Denial) -> Denial:
+    event(
+        logger,
+        logging.WARNING,
+        "attestation denied",
+        pid=denial.pid,
+        reason=denial.reason.value,
+        detail=denial.message,
+    )
+    return denial
