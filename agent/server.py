@@ -27,14 +27,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent import sds, workload_api
-from agent.attest import Attestor
+from agent.attest.attestor import Attestor
 from agent.ca import Authority, CASettings
 from agent.config import Settings
 from agent.errors import AgentError
 from agent.identities import IdentityResolver
 from agent.log import event
 from agent.manifests import ManifestStore, load_trusted_keys
-from agent.peer import FrontDoor, prepare_public_socket
+from agent.peer.frontdoor import FrontDoor
+from agent.peer.sockets import prepare_public_socket
 
 __all__ = ["SERVICE_HOOKS", "Agent", "ServiceHook", "run"]
 
