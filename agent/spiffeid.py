@@ -36,10 +36,14 @@ class InvalidSpiffeIdError(AgentError):
     ``uppercase_trust_domain``, ``empty_segment`` or ``too_long``.
     """
 
-    def __init__(self, value: str, reason: str, problem: str, fix: str) -> None:
+    def __init__(
+        self, value: str, reason: str, problem: str, fix: str, subject: str = "SPIFFE ID"
+    ) -> None:
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid SPIFFE ID {value!r}: {problem}; {fix}")
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"invalid {subject} {value!r}: {problem}; {fix}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +86,19 @@ def parse_trust_domain(text: str) -> str:
     Raises InvalidSpiffeIdError for a bad name, and for an ID with a path, since a
     trust domain setting must not carry one.
     """
-    _check_whole_id(text)
-    name = _strip_scheme(text) if "://" in text else text
-    if "/" in name:
+    try:
+        _check_whole_id(text)
+        name = _strip_scheme(text) if "://" in text else text
+        if "/" in name:
+            raise InvalidSpiffeIdError(
+                text, "trust_domain_has_path", "a trust domain has no path",
+                f"remove everything after the name, for example {name.split('/')[0]!r}",
+            )
+        _check_trust_domain(text, name)
+    except InvalidSpiffeIdError as error:
         raise InvalidSpiffeIdError(
-            text, "trust_domain_has_path", "a trust domain has no path",
-            f"remove everything after the trust domain name, for example {name.split('/')[0]!r}",
-        )
-    _check_trust_domain(text, name)
+            error.value, error.reason, error.problem, error.fix, subject="trust domain"
+        ) from None
     return name
 
 

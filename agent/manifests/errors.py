@@ -63,4 +63,5 @@ class TrustedKeyError(ManifestError):
     """
 
     def __init__(self, file: str, reason: str, detail: str) -> None:
+        self.detail = detail
         super().__init__(file, reason, f"trusted key {file} rejected: {detail}")
