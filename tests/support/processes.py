@@ -145,6 +145,21 @@ class ChildProcess:
             if line.startswith(prefix):
                 return line
 
+    def wait_exe(self, path: Path, deadline: float = LINE_DEADLINE_SECONDS) -> None:
+        """Wait until the child runs ``path`` (after wrappers such as sh or setpriv exec it)."""
+        end = time.monotonic() + deadline
+        expected = str(Path(path).resolve())
+        while time.monotonic() < end:
+            try:
+                if os.readlink(f"/proc/{self.pid}/exe") == expected:
+                    return
+            except FileNotFoundError:
+                pass  # the child is between exec calls or exited; poll() below tells
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"child {self.pid} exited before it ran {expected}")
+            time.sleep(0.01)
+        raise TimeoutError(f"child {self.pid} did not run {expected} within {deadline} s")
+
     def send_line(self, text: str) -> None:
         """Write one line to the child's stdin."""
         if self.popen.stdin is None:
@@ -212,8 +227,14 @@ def start_process(
 
 
 def start_sleeper(binary: CopiedBinary, *, cgroup_dirs: Sequence[Path] = ()) -> ChildProcess:
-    """Start a copied ``sleep`` for an hour; it is killed when the test stops it."""
-    return start_process([str(binary.path), "3600"], env=binary.env, cgroup_dirs=cgroup_dirs)
+    """Start a copied ``sleep`` for an hour and return once it runs; the test stops it."""
+    child = start_process([str(binary.path), "3600"], env=binary.env, cgroup_dirs=cgroup_dirs)
+    try:
+        child.wait_exe(binary.path)
+    except BaseException:
+        child.stop()
+        raise
+    return child
 
 
 # A stdlib-only HTTP/2 peer: connect, send the client preface and an empty SETTINGS
