@@ -114,21 +114,48 @@ def test_expiry_nan_when_unknown() -> None:
 
     assert math.isnan(value(metrics, "attest_agent_earliest_svid_expiry_seconds"))
     assert math.isnan(value(metrics, "attest_agent_intermediate_ca_expiry_seconds"))
+    assert math.isnan(value(metrics, "attest_agent_svid_min_remaining_lifetime_ratio"))
 
 
 def test_expiry_seconds_at_scrape() -> None:
     metrics = fixed_metrics()
-    served = [NOW + timedelta(minutes=30)]
+    served = [(NOW - timedelta(minutes=30), NOW + timedelta(minutes=30))]
 
-    metrics.set_svid_expiry_source(lambda: min(served, default=None))
+    metrics.set_served_svids_source(lambda: served)
     metrics.set_intermediate_ca_not_after(NOW + timedelta(hours=11))
 
     assert value(metrics, "attest_agent_earliest_svid_expiry_seconds") == 1800
     assert value(metrics, "attest_agent_intermediate_ca_expiry_seconds") == 11 * 3600
-    served.append(NOW - timedelta(seconds=5))
+    served.append((NOW - timedelta(hours=1), NOW - timedelta(seconds=5)))
     assert value(metrics, "attest_agent_earliest_svid_expiry_seconds") == -5
     served.clear()
     assert math.isnan(value(metrics, "attest_agent_earliest_svid_expiry_seconds"))
+
+
+@pytest.mark.parametrize(
+    ("windows", "expected"),
+    [
+        ([(-30, 30)], 0.5),
+        ([(-30, 30), (-45, 15)], 0.25),
+        ([(-3600, -600)], -600 / 3000),
+        ([(0, 0)], math.nan),
+        ([], math.nan),
+    ],
+    ids=["half-left", "smallest-wins", "expired", "zero-lifetime", "none-served"],
+)
+def test_remaining_lifetime_ratio(windows: list[tuple[int, int]], expected: float) -> None:
+    metrics = fixed_metrics()
+    served = [
+        (NOW + timedelta(minutes=start), NOW + timedelta(minutes=end)) for start, end in windows
+    ]
+
+    metrics.set_served_svids_source(lambda: served)
+    ratio = value(metrics, "attest_agent_svid_min_remaining_lifetime_ratio")
+
+    if math.isnan(expected):
+        assert math.isnan(ratio)
+    else:
+        assert ratio == pytest.approx(expected)
 
 
 def test_registries_are_private() -> None:

@@ -9,23 +9,24 @@ health server exposes ``metrics.registry`` on /metrics. The calls, and who makes
 - ``svid_rotated()``: the CA, once per renewal of a cached X.509-SVID.
 - ``stream_opened(api)`` / ``stream_closed(api)``, or ``with metrics.open_stream(api):``
   around a stream: the Workload API (api="workload_api") and SDS (api="sds") servicers.
-- ``set_svid_expiry_source(fn)``: once at start; ``fn`` returns the earliest NotAfter
-  among the SVIDs currently served, or None when none are.
+- ``set_served_svids_source(fn)``: once at start; ``fn`` returns the validity window
+  ``(not_before, not_after)`` of every X.509-SVID currently served. It runs at every
+  scrape on the event loop, so it must be cheap and must not block.
 - ``set_intermediate_ca_not_after(not_after)``: whenever the intermediate CA is loaded.
 - ``manifest_load_error()``: the manifest store, once per rejected file (the store's
   log line carries the file and the reason).
 - ``sds_nack()``: the SDS servicer, once per request that carries error_detail.
 
-The two expiry gauges are computed at scrape time from the stored NotAfter, so they
-never go stale between events. Both read NaN while there is nothing to report; the
-alert rules compare them with ``<``, which is false for NaN in PromQL.
+The expiry gauges are computed at scrape time, so they never go stale between events.
+They read NaN while there is nothing to report; the alert rules compare them with
+``<``, which is false for NaN in PromQL.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Literal
@@ -37,6 +38,7 @@ from agent.denial import ATTESTATION_FAILURES, Denial, Reason
 PREFIX = "attest_agent"
 
 SvidType = Literal["x509", "jwt"]
+Validity = tuple[datetime, datetime]
 StreamApi = Literal["workload_api", "sds"]
 
 # Attestation includes hashing the caller's executable, which takes from microseconds
@@ -56,6 +58,7 @@ EXPORTED_NAMES: tuple[str, ...] = (
     f"{PREFIX}_svid_rotations_total",
     f"{PREFIX}_open_streams",
     f"{PREFIX}_earliest_svid_expiry_seconds",
+    f"{PREFIX}_svid_min_remaining_lifetime_ratio",
     f"{PREFIX}_intermediate_ca_expiry_seconds",
     f"{PREFIX}_manifest_load_errors_total",
     f"{PREFIX}_sds_nacks_total",
@@ -77,7 +80,7 @@ class Metrics:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
-        self._svid_expiry_source: Callable[[], datetime | None] = lambda: None
+        self._served_svids_source: Callable[[], Iterable[Validity]] = tuple
         self._intermediate_not_after: datetime | None = None
         self._register_counters()
         self._register_gauges()
@@ -125,6 +128,15 @@ class Metrics:
             registry=self.registry,
         )
         earliest.set_function(self._seconds_to_earliest_svid_expiry)
+        # Rotation renews an SVID at about half its lifetime, so a ratio well under 0.5
+        # means an SVID missed its rotation; the alert rules use this to tell a failed
+        # rotation from an SVID whose whole TTL is short.
+        remaining = Gauge(
+            f"{PREFIX}_svid_min_remaining_lifetime_ratio",
+            "Smallest fraction of its lifetime that a served SVID has left; NaN when none.",
+            registry=self.registry,
+        )
+        remaining.set_function(self._min_remaining_lifetime_ratio)
         intermediate = Gauge(
             f"{PREFIX}_intermediate_ca_expiry_seconds",
             "Seconds until the node intermediate CA certificate expires; NaN before it loads.",
@@ -176,9 +188,9 @@ class Metrics:
         finally:
             self.stream_closed(api)
 
-    def set_svid_expiry_source(self, source: Callable[[], datetime | None]) -> None:
-        """Use ``source`` at scrape time to find the earliest NotAfter of served SVIDs."""
-        self._svid_expiry_source = source
+    def set_served_svids_source(self, source: Callable[[], Iterable[Validity]]) -> None:
+        """Use ``source`` at scrape time to list the validity of every served SVID."""
+        self._served_svids_source = source
 
     def set_intermediate_ca_not_after(self, not_after: datetime | None) -> None:
         self._intermediate_not_after = not_after
@@ -190,7 +202,17 @@ class Metrics:
         self._sds_nacks.inc()
 
     def _seconds_to_earliest_svid_expiry(self) -> float:
-        return self._seconds_until(self._svid_expiry_source())
+        not_afters = [not_after for _not_before, not_after in self._served_svids_source()]
+        return self._seconds_until(min(not_afters, default=None))
+
+    def _min_remaining_lifetime_ratio(self) -> float:
+        now = self._clock()
+        ratios = [
+            (not_after.timestamp() - now) / lifetime
+            for not_before, not_after in self._served_svids_source()
+            if (lifetime := not_after.timestamp() - not_before.timestamp()) > 0
+        ]
+        return min(ratios, default=math.nan)
 
     def _seconds_to_intermediate_expiry(self) -> float:
         return self._seconds_until(self._intermediate_not_after)
