@@ -5,11 +5,11 @@ claims, SDS resource names) with ``SpiffeId.parse`` and trust domains with
 ``parse_trust_domain``. Both raise InvalidSpiffeIdError, whose ``reason`` is a short
 fixed code and whose message names the rejected value and the fix.
 
-The rules follow the SPIFFE ID standard (spiffe/spiffe, standards/SPIFFE-ID.md): the
-scheme is ``spiffe``; the trust domain uses [a-z0-9._-] and is at most 255 bytes; path
-segments use [A-Za-z0-9._-]; there are no empty, ``.`` or ``..`` segments, no trailing
-slash, no percent-encoding, query, fragment, port or userinfo; an ID is at most 2048
-bytes. Upper case in the scheme or trust domain is rejected rather than folded, so that
+The rules follow the SPIFFE ID standard (spiffe/spiffe, standards/SPIFFE-ID.md). The
+scheme is ``spiffe``. The trust domain uses [a-z0-9._-] and is at most 255 bytes. Path
+segments use [A-Za-z0-9._-], with no empty, ``.`` or ``..`` segments and no trailing
+slash. Percent-encoding, query, fragment, port and userinfo are rejected. An ID is at
+most 2048 bytes. Upper case in the scheme or trust domain is rejected rather than folded, so that
 one identity has exactly one spelling.
 """
 

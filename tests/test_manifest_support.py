@@ -1,6 +1,6 @@
 """Helpers for the manifest tests: keys and signatures made by the openssl command line.
 
-This module holds no tests; it is named with the manifest tests' prefix so that it
+This module contains no tests. It carries the manifest tests' file prefix so that it
 stays with them.
 """
 
@@ -54,7 +54,7 @@ def make_key(directory: Path, kind: str) -> KeyPair:
 
 
 def openssl_sign(key: KeyPair, file: Path, signature: Path | None = None) -> Path:
-    """Sign ``file`` the way the manifest documentation tells operators to."""
+    """Sign ``file`` with the openssl commands that operators use for manifests."""
     out = signature or file.with_name(file.name + ".sig")
     if key.kind == "ed25519":
         openssl("pkeyutl", "-sign", "-rawin", "-inkey", key.private, "-in", file, "-out", out)

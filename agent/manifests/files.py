@@ -29,7 +29,7 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 @dataclass(frozen=True, slots=True)
 class FileState:
-    """What ``stat`` shows of one file: enough to tell that it changed.
+    """Stat snapshot of one file, used to detect changes between scans.
 
     ``real_path`` is the path with symlinks resolved, or None if the file is missing.
     """
@@ -51,7 +51,7 @@ class ManifestFiles:
         """Tell whether either file's modification time is at or after ``time_ns``.
 
         File times advance in coarse ticks, so a file rewritten in place within one
-        tick keeps its stat; callers re-read such recent files instead of trusting stat.
+        tick keeps its stat. Callers re-read such recent files instead of trusting stat.
         """
         return max(self.manifest.mtime_ns, self.signature.mtime_ns) >= time_ns
 
