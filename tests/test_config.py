@@ -80,7 +80,8 @@ def test_flags_override_file(tmp_path: Path) -> None:
 
 
 def test_trust_domain_id_accepted() -> None:
-    assert load_settings(None, {"trust_domain": "spiffe://example.org"}).trust_domain == "example.org"
+    settings = load_settings(None, {"trust_domain": "spiffe://example.org"})
+    assert settings.trust_domain == "example.org"
 
 
 @pytest.mark.parametrize(

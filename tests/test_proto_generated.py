@@ -41,7 +41,9 @@ print(json.dumps({
                       method.server_streaming, method.client_streaming]
         for method in service.methods
     },
-    "messages": {name: describe_message(message) for name, message in file.message_types_by_name.items()},
+    "messages": {
+        name: describe_message(message) for name, message in file.message_types_by_name.items()
+    },
 }, sort_keys=True))
 """
 

@@ -62,7 +62,8 @@ def agent_files(
     *, trust_domain: str = "cluster.local", x509_svid_ttl: int = 3600, extra_config: str = ""
 ) -> Iterator[AgentFiles]:
     """Create the agent's directory, key pair and config; remove them all on exit."""
-    root = Path(tempfile.mkdtemp(prefix="aa-", dir="/tmp"))  # noqa: S108 - short socket path
+    # Under /tmp, not pytest's tmp_path: the socket path must fit in 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="aa-", dir="/tmp"))
     try:
         keys = root / "keys"
         keys.mkdir()
