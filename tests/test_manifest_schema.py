@@ -196,3 +196,10 @@ def test_size_limit() -> None:
 def test_nesting_ignores_strings() -> None:
     assert nesting_depth('{"a": "[[[[{{{{\\"[[["}') == 1
     assert nesting_depth('[[{"a": []}]]') == 4
+
+
+def test_trust_domain_with_scheme() -> None:
+    raw = json.dumps(pod_manifest()).encode()
+    manifest = parse_manifest(raw, file="web.json", trust_domain="spiffe://cluster.local",
+                              spiffe_id_template=DEFAULT_SPIFFE_ID_TEMPLATE)
+    assert manifest.spiffe_id == "spiffe://cluster.local/ns/shop/sa/web"

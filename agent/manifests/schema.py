@@ -25,7 +25,7 @@ from agent.errors import ConfigError
 from agent.manifests import fields
 from agent.manifests.errors import ManifestSchemaError
 from agent.manifests.jsondecode import decode_object
-from agent.spiffeid import InvalidSpiffeIdError, SpiffeId
+from agent.spiffeid import InvalidSpiffeIdError, SpiffeId, parse_trust_domain
 
 DEFAULT_SPIFFE_ID_TEMPLATE = "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 TEMPLATE_FIELDS = frozenset({"trust_domain", "namespace", "service_account"})
@@ -96,8 +96,14 @@ def check_spiffe_id_template(template: str) -> str:
 def parse_manifest(
     data: bytes, *, file: str, trust_domain: str, spiffe_id_template: str
 ) -> Manifest:
-    """Parse and validate one manifest's bytes, raising ManifestSchemaError on any defect."""
+    """Parse and validate one manifest's bytes, raising ManifestSchemaError on any defect.
+
+    ``trust_domain`` may be given as ``example.org`` or ``spiffe://example.org``. A bad
+    trust domain or template is the agent's configuration error, so it raises
+    InvalidSpiffeIdError or ConfigError instead.
+    """
     check_spiffe_id_template(spiffe_id_template)
+    trust_domain = parse_trust_domain(trust_domain)
     document = decode_object(data, file)
     _reject_unknown_keys(document, file)
     spiffe_id = _parse_spiffe_id(document, file, trust_domain)
