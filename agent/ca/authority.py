@@ -153,7 +153,7 @@ class Authority:
         key = self._cache_key(spiffe_id, dns_names, ttl)
         now = time.time()
         entry = self._cache.lookup(key, now)
-        if entry is None or not entry.usable(now):
+        if entry is None or not entry.usable(now) or not self._signed_by_current(entry):
             entry = await self._renew(key, hint, renewal=entry is not None)
             self._wake.set()
         svid = entry.svid
@@ -165,6 +165,12 @@ class Authority:
         if self._x509_bundle is None:
             raise CANotReadyError("x509_bundle()")
         return self._x509_bundle
+
+    def _signed_by_current(self, entry: CacheEntry) -> bool:
+        # After an intermediate change nobody gets an SVID from the old one, even before
+        # the rotation task has re-issued it.
+        material = self._require_material("get_x509_svid()")
+        return entry.svid.chain[1:] == material.chain
 
     def _cache_key(self, spiffe_id: str, dns_names: Sequence[str], ttl: int | None) -> CacheKey:
         check_workload_id(spiffe_id, self.trust_domain)
