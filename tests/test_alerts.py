@@ -59,7 +59,8 @@ def test_promtool_check_rules() -> None:
     promtool = require_promtool()
 
     result = subprocess.run(
-        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60,
+        [promtool, "check", "rules", str(ALERTS)],
+        capture_output=True, text=True, timeout=60, check=False,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -131,7 +132,9 @@ def rules_without_annotations(directory: Path) -> Path:
     return path
 
 
-def run_promtool_tests(tmp_path: Path, cases: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+def run_promtool_tests(
+    tmp_path: Path, cases: list[dict[str, Any]],
+) -> subprocess.CompletedProcess[str]:
     promtool = require_promtool()
     rules = rules_without_annotations(tmp_path)
     test_file = tmp_path / "alerts_test.yaml"
@@ -139,7 +142,8 @@ def run_promtool_tests(tmp_path: Path, cases: list[dict[str, Any]]) -> subproces
         "rule_files": [str(rules)], "evaluation_interval": "1m", "tests": cases,
     }))
     return subprocess.run(
-        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120,
+        [promtool, "test", "rules", str(test_file)],
+        capture_output=True, text=True, timeout=120, check=False,
     )
 
 
