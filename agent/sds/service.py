@@ -129,6 +129,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
         requests: AsyncIterator[object],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[object]:
+        event(logger, logging.DEBUG, "SDS stream opened", **fields)
         events: asyncio.Queue[_Event] = asyncio.Queue()
         tasks = [
             asyncio.create_task(_pump_requests(requests, events)),
