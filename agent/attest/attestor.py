@@ -151,6 +151,7 @@ class Attestor:
         return _Pin(pin.pid, pin.pidfd, start_time, ids.euid, ids.egid)
 
     def _collect(self, pin: _Pin) -> Evidence:
+        _check_alive(pin)
         self._check_start_time(pin)
         ids = read_process_ids(pin.pid, self._proc_root)
         _check_credentials(pin, ids)
@@ -199,8 +200,7 @@ class Attestor:
                 expected=ids_before,
                 observed=ids_after,
             )
-        if pidfd_exited(pin.pidfd):
-            raise ProcessExitedError(f"process {pin.pid} exited during attestation", pid=pin.pid)
+        _check_alive(pin)
 
     def _refine(self, exc: AttestationError, pin: _Pin) -> AttestationError:
         # Read failures of an exited process are reported as the exit itself.
@@ -217,6 +217,11 @@ class Attestor:
         if exited:
             return ProcessExitedError(f"process {pin.pid} exited ({exc.message})", pid=pin.pid)
         return exc
+
+
+def _check_alive(pin: _Pin) -> None:
+    if pidfd_exited(pin.pidfd):
+        raise ProcessExitedError(f"process {pin.pid} exited after it was pinned", pid=pin.pid)
 
 
 def _check_credentials(pin: _Pin, ids: ProcessIds) -> None:
