@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
+import subprocess
 import time
 import urllib.error
 from collections.abc import Iterator
@@ -101,6 +103,7 @@ def start_pair_member(
     agent: RunningAgent,
     pod: TestCgroup,
     name: str,
+    disable_spiffe_validation: bool = False,
     **values: object,
 ) -> Envoy:
     admin_port, *_ = free_ports(1)
@@ -110,6 +113,7 @@ def start_pair_member(
         node_id=name,
         admin_port=admin_port,
         agent_socket=agent.socket_path,
+        disable_spiffe_validation=str(disable_spiffe_validation).lower(),
         **values,
     )
     return start_envoy(config, admin_port, work_dir, cgroup_dirs=[pod.path])
@@ -181,11 +185,26 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         )
 
 
+def validation_kinds(envoy: Envoy) -> dict[str, str]:
+    """Return each active validation context secret's name and how it validates peers."""
+    _, body = envoy.admin("/config_dump?resource=dynamic_active_secrets")
+    kinds = {}
+    for entry in json.loads(body).get("configs", []):
+        secret = entry.get("secret", {})
+        context = secret.get("validation_context")
+        if context is not None:
+            kinds[secret["name"]] = next(
+                k for k in ("trusted_ca", "custom_validator_config") if k in context
+            )
+    return kinds
+
+
 def test_mtls_between_envoys(mesh: Mesh) -> None:
     status, headers, body = get_until(mesh.client_port, 200)
     assert status == 200, mesh.client.log()[-3000:]
     assert body == "hello from b\n"
     assert headers.get("x-peer-uri") == CLIENT_ID
+    assert validation_kinds(mesh.client) == {"ROOTCA": "custom_validator_config"}
 
 
 def test_unlisted_client_rejected(mesh: Mesh) -> None:
@@ -244,12 +263,16 @@ def test_delta_grpc_envoys(mesh: Mesh) -> None:
             validation_name=f"spiffe://{TD}",
             peer_id=SERVER_ID,
             api_type="DELTA_GRPC",
+            disable_spiffe_validation=True,
         )
         try:
             status, headers, _ = get_until(client_port, 200)
             assert status == 200, client.log()[-3000:]
             assert headers.get("x-peer-uri") == CLIENT_ID
             assert SERVER_ID in str(server.certs())
+            # The client opted out of the SPIFFE validator, so it trusts a plain CA list.
+            assert validation_kinds(client) == {f"spiffe://{TD}": "trusted_ca"}
+            assert validation_kinds(server) == {"ALL": "custom_validator_config"}
             for envoy in (client, server):
                 opened = rf"msg=SDS stream opened pid={envoy.pid} .*method=DeltaSecrets"
                 assert re.search(opened, mesh.agent.log()), envoy.pid
@@ -419,3 +442,27 @@ async def test_raw_revocation_ends_stream(mesh: Mesh) -> None:
             staging.rename(manifest)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "no_manifest_for_workload" in caught.value.details()
+
+
+def test_example_sidecar_validates(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "envoy-sidecar.yaml"
+    result = subprocess.run(
+        [
+            str(envoy_binary()),
+            "--mode",
+            "validate",
+            "-c",
+            str(example),
+            "--disable-hot-restart",
+            "-l",
+            "error",
+            "--log-path",
+            str(tmp_path / "validate.log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"configuration '{example}' OK" in result.stdout
