@@ -136,9 +136,9 @@ class FrontDoor:
             finally:
                 conn.close()
                 event(logger, logging.DEBUG, "connection closed", conn_id=conn.conn_id)
-        except Exception as exc:
+        except Exception:
             # A bug in one connection must not stop the accept loop; log it and drop it.
-            logger.exception("connection failed: %s", exc)
+            logger.exception("connection handler failed")
         finally:
             writer.close()
             with contextlib.suppress(OSError):
@@ -146,7 +146,16 @@ class FrontDoor:
 
     def _pin(self, writer: asyncio.StreamWriter) -> Connection | None:
         sock = writer.get_extra_info("socket")
-        creds = peer_credentials(sock)
+        try:
+            creds = peer_credentials(sock)
+        except OSError as exc:
+            event(
+                logger,
+                logging.INFO,
+                "connection dropped before its credentials were read",
+                error=exc,
+            )
+            return None
         if creds.pid == 0:
             event(
                 logger,
