@@ -15,7 +15,7 @@ __all__ = ["SecretDiscoveryService", "add_to_server"]
 
 
 def add_to_server(server: grpc.aio.Server, resolver: Resolver) -> None:
-    """Register the SecretDiscoveryService, answering through ``resolver``, on ``server``."""
+    """Register on ``server`` a SecretDiscoveryService that resolves callers with ``resolver``."""
     sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
         SecretDiscoveryService(resolver), server
     )

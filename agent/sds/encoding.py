@@ -7,7 +7,7 @@ validation context uses only what that Envoy build supports.
 Encoding rules that Envoy relies on (checked against Envoy 1.40.0):
 
 - certificate chain and private key are inline PEM; the chain starts with the leaf,
-  because Envoy pairs the first certificate with the key, and holds no root;
+  because Envoy pairs the first certificate with the key, and contains no root;
 - the private key is PKCS#8 PEM;
 - a validation context uses the SPIFFE certificate validator with one PEM bundle per
   trust domain, unless the node opts out or is older than Envoy 1.18, which has no
@@ -45,7 +45,7 @@ SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3
 SPIFFE_VALIDATOR_NAME = "envoy.tls.cert_validator.spiffe"
 # The SPIFFE certificate validator extension first shipped in Envoy 1.18.0.
 SPIFFE_VALIDATOR_MIN_VERSION = (1, 18, 0)
-# Node metadata key, as SPIRE's agent reads it, by which an Envoy asks for trusted_ca.
+# Node metadata key (the one SPIRE's agent reads) with which an Envoy requests trusted_ca.
 DISABLE_SPIFFE_VALIDATION_KEY = "disable_spiffe_cert_validation"
 
 
@@ -135,8 +135,8 @@ def _chain_without_roots(chain_pem: bytes) -> bytes:
     certificates = x509.load_pem_x509_certificates(chain_pem)
     if not certificates:
         raise ValueError("the SVID has an empty certificate chain")
-    # Keep the leaf even if self-issued; drop self-issued CAs after it, since peers
-    # must anchor trust in their own bundle and never in a root the chain brings along.
+    # Keep the leaf even if it is self-issued, but drop self-issued CAs after it. Peers
+    # must anchor trust in their own bundle, never in a root that the chain brings along.
     kept = [certificates[0]] + [c for c in certificates[1:] if c.subject != c.issuer]
     return b"".join(c.public_bytes(Encoding.PEM) for c in kept)
 

@@ -1,7 +1,7 @@
 """xDS protocol state for one SDS stream, without grpc.
 
 The servicer creates one session per stream and feeds it every request and every new
-caller state, in arrival order; each call returns the response to send, or None. A
+caller state, in arrival order. Each call returns the response to send, or None. A
 session raises UnknownResourceError or InvalidRequestError when the stream must end
 with INVALID_ARGUMENT. Rules it applies:
 
@@ -113,7 +113,7 @@ class DeltaSession:
         self._node: EnvoyNode | None = None
         self._state: CallerState | None = None
         self._subscribed: dict[str, None] = {}
-        # Version of each resource as the client holds it, from us or from its reconnect.
+        # Version of each resource that the client has, from our responses or from its reconnect.
         self._client_versions: dict[str, str] = {}
         self._rejected: dict[str, str] = {}
         self._sent_nonce: str | None = None
@@ -155,9 +155,7 @@ class DeltaSession:
         if self._state is None or self._node is None or not self._subscribed:
             return None
         secrets_by_name = build_secrets(self._subscribed, self._state, self._node)
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            type_url=SECRET_TYPE_URL, nonce=new_nonce()
-        )
+        response = discovery_pb2.DeltaDiscoveryResponse(type_url=SECRET_TYPE_URL, nonce=new_nonce())
         sent: dict[str, str] = {}
         for name, secret in secrets_by_name.items():
             version = secret_version(secret)

@@ -53,7 +53,7 @@ class UnknownResourceError(SdsError):
 
 
 class InvalidRequestError(SdsError):
-    """A discovery request that this service cannot answer, such as a foreign type_url."""
+    """A discovery request that this service cannot serve, such as one with a foreign type_url."""
 
     def __init__(self, field: str, value: str, expected: str) -> None:
         self.field = field

@@ -106,7 +106,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
         except SdsError as err:
             await _abort_invalid(context, fields, err)
         if response is None:
-            # Only an empty name list gets no Secrets; answer it with an empty response.
+            # Only an empty name list gets no Secrets, so it gets an empty response.
             return discovery_pb2.DiscoveryResponse(type_url=request.type_url)
         return response
 
@@ -115,10 +115,13 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
         if conn is None:
             # Fail closed: a call that did not come through the front door has no pinned
             # process, so nothing can be attested.
-            event(logger, logging.WARNING, "SDS caller has no pinned connection",
-                  address=context.peer())
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "caller could not be identified")
-            raise AssertionError("context.abort returned")
+            event(
+                logger,
+                logging.WARNING,
+                "SDS caller has no pinned connection",
+                address=context.peer(),
+            )
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "caller could not be identified")
         return conn
 
     async def _serve(
@@ -139,7 +142,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
             while True:
                 kind, item = await events.get()
                 if kind is _Kind.WATCH_ENDED:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "caller connection closed")
+                    await _abort(context, grpc.StatusCode.UNAVAILABLE, "caller connection closed")
                 if kind is _Kind.WATCH_FAILED and isinstance(item, AgentError):
                     await _abort_issue_failed(context, fields, item)
                 if isinstance(item, Denial):
@@ -163,9 +166,7 @@ def _apply(session: _Session, kind: _Kind, item: object) -> object | None:
         return session.on_state(item)
     if isinstance(session, SotwSession) and isinstance(item, discovery_pb2.DiscoveryRequest):
         return session.on_request(item)
-    if isinstance(session, DeltaSession) and isinstance(
-        item, discovery_pb2.DeltaDiscoveryRequest
-    ):
+    if isinstance(session, DeltaSession) and isinstance(item, discovery_pb2.DeltaDiscoveryRequest):
         return session.on_request(item)
     raise TypeError(f"unexpected {kind.name} event of type {type(item).__name__}")
 
@@ -195,13 +196,12 @@ def _log_fields(conn: Connection, method: str) -> dict[str, object]:
 async def _abort_denied(context: grpc.aio.ServicerContext, denial: Denial) -> NoReturn:
     # The resolver has logged the decision with its details; the caller gets the code only.
     if denial.is_attestation_failure:
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, f"caller attestation failed ({denial.reason})"
+        await _abort(
+            context, grpc.StatusCode.UNAVAILABLE, f"caller attestation failed ({denial.reason})"
         )
-    await context.abort(
-        grpc.StatusCode.PERMISSION_DENIED, f"no identity issued ({denial.reason})"
+    await _abort(
+        context, grpc.StatusCode.PERMISSION_DENIED, f"no identity issued ({denial.reason})"
     )
-    raise AssertionError("context.abort returned")
 
 
 async def _abort_invalid(
@@ -209,16 +209,30 @@ async def _abort_invalid(
 ) -> NoReturn:
     resource = err.resource if isinstance(err, UnknownResourceError) else None
     value = err.value if isinstance(err, InvalidRequestError) else None
-    event(logger, logging.WARNING, "SDS request rejected", **fields, resource=resource,
-          detail=value, error=str(err))
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-    raise AssertionError("context.abort returned")
+    event(
+        logger,
+        logging.WARNING,
+        "SDS request rejected",
+        **fields,
+        resource=resource,
+        detail=value,
+        error=str(err),
+    )
+    await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
 
 async def _abort_issue_failed(
     context: grpc.aio.ServicerContext, fields: dict[str, object], err: AgentError
 ) -> NoReturn:
-    event(logger, logging.ERROR, "SDS could not issue the caller's secrets", **fields,
-          error=str(err))
-    await context.abort(grpc.StatusCode.UNAVAILABLE, "identity issuance failed")
-    raise AssertionError("context.abort returned")
+    event(
+        logger, logging.ERROR, "SDS could not issue the caller's secrets", **fields, error=str(err)
+    )
+    await _abort(context, grpc.StatusCode.UNAVAILABLE, "identity issuance failed")
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    # context.abort always raises; this line only tells the type checker so.
+    raise RuntimeError("grpc context.abort returned")
