@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.attest.attestor import Attestor
 from agent.attest.evidence import Evidence
+from agent.attest.hashing import RACY_WINDOW_NS
 from agent.denial import Denial, Reason
 from agent.peer.connection import Connection, PeerCredentials
 from agent.peer.process import read_start_time
@@ -128,9 +130,17 @@ async def test_attest_deleted_replaced_binary(tmp_path: Path) -> None:
     assert evidence.exe_path.endswith("(deleted)")
 
 
+def _wait_past_racy_window(path: Path) -> None:
+    """Sleep until the file's ctime is old enough for its digest to be cached."""
+    age_ns = time.time_ns() - path.stat().st_ctime_ns
+    if age_ns < RACY_WINDOW_NS:
+        time.sleep((RACY_WINDOW_NS - age_ns) / 1e9 + 0.05)
+
+
 async def test_attest_hash_cache(tmp_path: Path) -> None:
     sleep = copy_sleep(tmp_path, "cached")
     size = sleep.path.stat().st_size
+    _wait_past_racy_window(sleep.path)
     attestor = Attestor()
     with start_sleeper(sleep) as first, start_sleeper(sleep) as second:
         one = _evidence(await attestor.attest_pid(first.pid))
@@ -156,6 +166,17 @@ async def test_attest_hash_cache(tmp_path: Path) -> None:
     assert attestor.hash_cache_stats.bytes_hashed == size + size + len(b"changed")
 
 
+async def test_attest_fresh_file_uncached(tmp_path: Path) -> None:
+    # Written just now: its ctime may share a clock tick with a later write.
+    sleep = copy_sleep(tmp_path, "fresh")
+    attestor = Attestor()
+    with start_sleeper(sleep) as first, start_sleeper(sleep) as second:
+        _evidence(await attestor.attest_pid(first.pid))
+        _evidence(await attestor.attest_pid(second.pid))
+    assert attestor.hash_cache_stats.misses == 2
+    assert attestor.hash_cache_stats.entries == 0
+
+
 async def test_attest_distinct_copy_rehashed(tmp_path: Path) -> None:
     first_copy = copy_sleep(tmp_path, "first")
     second_copy = copy_sleep(tmp_path, "second")
@@ -172,6 +193,7 @@ async def test_attest_distinct_copy_rehashed(tmp_path: Path) -> None:
 async def test_attest_cache_bounded(tmp_path: Path) -> None:
     attestor = Attestor(cache_size=1)
     copies = [copy_sleep(tmp_path, f"lru{index}") for index in range(3)]
+    _wait_past_racy_window(copies[-1].path)
     for binary in copies:
         with start_sleeper(binary) as proc:
             _evidence(await attestor.attest_pid(proc.pid))

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class _Pin:
-    """What the evidence must still match at the end: the pidfd, start time and ids.
+    """The pinned process: pidfd, start time and the ids the evidence must still match.
 
     ``euid``/``egid`` are SO_PEERCRED's effective ids for connections, or the ids read
     at pin time for ``attest_pid``.

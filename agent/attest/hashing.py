@@ -8,7 +8,10 @@ another mount namespace, so no path is ever resolved in the agent's own namespac
 Digests are cached by the identity of the opened file, taken with fstat: (st_dev,
 st_ino, st_size, st_mtime_ns, st_ctime_ns). Any write to the file changes its ctime
 and so its key, while another process running the same unchanged file reuses the
-entry.
+entry. Kernels may keep timestamps at clock-tick granularity, so a file changed twice
+within one tick could keep its key. Digests of files whose ctime is less than
+``RACY_WINDOW_NS`` old are therefore not cached: such files are hashed on every call
+until they are older, and any later write gets a ctime after the cached one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,10 @@ from pathlib import Path
 from agent.attest.errors import ExeTooLargeError, ExeUnreadableError
 
 _CHUNK_BYTES = 1 << 20
+
+# Far above timestamp granularity on Linux filesystems (one clock tick, 1 ns with
+# multigrain timestamps) and at least FAT's 2 s.
+RACY_WINDOW_NS = 2_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +124,8 @@ class ExeHasher:
             return cached
         sha256 = self._hash(pid, path, fd)
         self._check_unchanged(pid, path, fd, identity)
-        self._store(identity, sha256)
+        if time.time_ns() - identity.ctime_ns >= RACY_WINDOW_NS:
+            self._store(identity, sha256)
         return sha256
 
     def _hash(self, pid: int, path: Path, fd: int) -> str:

@@ -24,7 +24,7 @@ PUBLIC_DIR_MODE = 0o755
 PUBLIC_SOCKET_MODE = 0o777
 INTERNAL_DIR_MODE = 0o700
 
-# A live server answers connect() at once; this only bounds a full accept backlog.
+# A live server accepts connect() at once; the timeout only bounds a full accept backlog.
 _PROBE_TIMEOUT_SECONDS = 1.0
 
 
