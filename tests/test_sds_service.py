@@ -1,7 +1,7 @@
 """SDS servicer over a real grpc.aio server and a raw gRPC client on a Unix socket.
 
 The servicer runs in this process with a FakeResolver (tests/support/sds_fakes.py) in
-place of attestation, so each status path can be driven on demand; the tests in
+place of attestation, so each status path can be driven on demand. The tests in
 test_sds_envoy.py run the real agent and Envoy end to end.
 """
 
@@ -73,7 +73,7 @@ def secrets_of(response: discovery_pb2.DiscoveryResponse) -> list[secret_pb2.Sec
 
 
 async def wait_for_log(caplog: pytest.LogCaptureFixture, text: str) -> None:
-    """Wait until the servicer has logged ``text``, so the test knows a request was handled."""
+    """Wait until the servicer has logged ``text``, which shows that it handled a request."""
     async with asyncio.timeout(STEP):
         while not any(text in r.getMessage() for r in caplog.records):
             await asyncio.sleep(0.01)

@@ -84,6 +84,7 @@ def running_agent(
     public = work_dir / "manifest-signing.pub"
     openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key))
     openssl("pkey", "-in", str(key), "-pubout", "-out", str(public))
+
     manifests = work_dir / "manifests"
     manifests.mkdir(mode=0o700)
     socket_path = work_dir / "public" / "api.sock"
@@ -97,6 +98,7 @@ def running_agent(
         f"reattest_interval = {reattest_interval}\n"
         'log_level = "DEBUG"\n'
     )
+
     log_path = work_dir / "agent.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(

