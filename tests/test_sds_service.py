@@ -21,6 +21,7 @@ from google.rpc import status_pb2
 
 from agent import sds
 from agent.denial import Denial, Reason
+from agent.errors import AgentError
 from agent.sds.encoding import SECRET_TYPE_URL
 from tests.support.sds_fakes import FakeResolver, MiniCA, rotated
 
@@ -240,3 +241,24 @@ async def test_stream_survives_half_close(served, ca: MiniCA) -> None:  # type: 
     update = await next_response(call)
     assert [s.name for s in secrets_of(update)] == ["default"]
     call.cancel()
+
+
+@pytest.mark.parametrize(
+    ("error", "details"),
+    [
+        pytest.param(
+            AgentError("signing key unreadable"), "identity issuance failed", id="agent-error"
+        ),
+        pytest.param(RuntimeError("bug in a lower layer"), "internal error", id="unexpected"),
+    ],
+)
+async def test_stream_watch_failure(served, error: Exception, details: str) -> None:  # type: ignore[no-untyped-def]
+    resolver, stub = served
+    call = stub.StreamSecrets()
+    await call.write(request("default"))
+    await next_response(call)
+    resolver.fail(error)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await next_response(call)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.details() == details

@@ -18,7 +18,6 @@ above, or when the server shuts down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import AsyncIterator
@@ -53,7 +52,7 @@ class _Kind(enum.Enum):
     REQUEST = enum.auto()
     STATE = enum.auto()
     WATCH_ENDED = enum.auto()
-    WATCH_FAILED = enum.auto()
+    FAILED = enum.auto()
 
 
 _Session = SotwSession | DeltaSession
@@ -143,8 +142,8 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
                 kind, item = await events.get()
                 if kind is _Kind.WATCH_ENDED:
                     await _abort(context, grpc.StatusCode.UNAVAILABLE, "caller connection closed")
-                if kind is _Kind.WATCH_FAILED and isinstance(item, AgentError):
-                    await _abort_issue_failed(context, fields, item)
+                if kind is _Kind.FAILED and isinstance(item, Exception):
+                    await _abort_failed(context, fields, item)
                 if isinstance(item, Denial):
                     await _abort_denied(context, item)
                 try:
@@ -156,9 +155,8 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Errors from the tasks already reached the loop as FAILED events.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _apply(session: _Session, kind: _Kind, item: object) -> object | None:
@@ -173,8 +171,12 @@ def _apply(session: _Session, kind: _Kind, item: object) -> object | None:
 
 async def _pump_requests(requests: AsyncIterator[object], events: asyncio.Queue[_Event]) -> None:
     # When the client half-closes, updates keep flowing until it cancels the call.
-    async for request in requests:
-        await events.put((_Kind.REQUEST, request))
+    try:
+        async for request in requests:
+            await events.put((_Kind.REQUEST, request))
+    except Exception as err:
+        # Any error is forwarded: the stream logs it and ends, and the task never hides it.
+        await events.put((_Kind.FAILED, err))
 
 
 async def _pump_states(
@@ -183,8 +185,9 @@ async def _pump_states(
     try:
         async for state in states:
             await events.put((_Kind.STATE, state))
-    except AgentError as err:
-        await events.put((_Kind.WATCH_FAILED, err))
+    except Exception as err:
+        # Without this the stream would wait forever for a watch that is gone.
+        await events.put((_Kind.FAILED, err))
         return
     await events.put((_Kind.WATCH_ENDED, None))
 
@@ -219,6 +222,16 @@ async def _abort_invalid(
         error=str(err),
     )
     await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+
+
+async def _abort_failed(
+    context: grpc.aio.ServicerContext, fields: dict[str, object], err: Exception
+) -> NoReturn:
+    if isinstance(err, AgentError):
+        await _abort_issue_failed(context, fields, err)
+    # Fail closed on a bug as well: end the stream so that Envoy reconnects.
+    event(logger, logging.ERROR, "SDS stream failed", **fields, error=repr(err))
+    await _abort(context, grpc.StatusCode.UNAVAILABLE, "internal error")
 
 
 async def _abort_issue_failed(

@@ -201,6 +201,11 @@ class FakeResolver:
     async def resolve(self, conn: Connection) -> CallerState | Denial:
         return self.latest
 
+    def fail(self, error: Exception) -> None:
+        """Make every open watch raise ``error``, as when minting an SVID fails."""
+        for queue in self._queues:
+            queue.put_nowait(error)  # type: ignore[attr-defined]
+
     def publish(self, item: CallerState | Denial) -> None:
         self.latest = item
         for queue in self._queues:
@@ -218,5 +223,7 @@ class FakeResolver:
                 if isinstance(item, Denial):
                     return
                 item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
         finally:
             self._queues.remove(queue)
