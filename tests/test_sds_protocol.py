@@ -217,6 +217,17 @@ def test_delta_subscribe_more(ca: MiniCA) -> None:
     assert delta_names(second) == ["ROOTCA"]
 
 
+def test_delta_resubscribe_resends(ca: MiniCA) -> None:
+    session = DeltaSession(FIELDS)
+    session.on_state(ca.state(WEB))
+    first = session.on_request(delta(subscribe=["default"]))
+    assert first is not None
+    again = session.on_request(delta(subscribe=["default"], nonce=first.nonce))
+    assert again is not None
+    assert delta_names(again) == ["default"]
+    assert again.resources[0].version == first.resources[0].version
+
+
 def test_delta_initial_versions(ca: MiniCA) -> None:
     state = ca.state(WEB)
     earlier = DeltaSession(FIELDS)

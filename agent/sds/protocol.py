@@ -143,6 +143,10 @@ class DeltaSession:
             self._client_versions.pop(name, None)
             self._rejected.pop(name, None)
         for name in request.resource_names_subscribe:
+            if name in self._subscribed:
+                # A repeated subscription is a request to send the resource again.
+                self._client_versions.pop(name, None)
+                self._rejected.pop(name, None)
             self._subscribed[name] = None
         return self._respond()
 
