@@ -32,7 +32,7 @@ AUDIT_FILE_MODE = 0o600
 
 
 class Decision(enum.StrEnum):
-    """What happened to a caller's identity."""
+    """Outcome recorded for a caller's identity."""
 
     ISSUED = "issued"
     DENIED = "denied"
@@ -102,7 +102,7 @@ def audit_record(
     pid: int | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> AuditRecord:
-    """Build a record from what the agent knows about the caller.
+    """Build a record from the caller's evidence and identity.
 
     ``pid`` is used only when there is no Evidence (for example when attestation itself
     failed); otherwise the evidence's pid is recorded.

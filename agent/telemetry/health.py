@@ -5,7 +5,7 @@ event loop is running, and ``await close()`` it at shutdown. ``address`` is
 ``HOST:PORT`` with an IP literal host (``[::1]:8081`` for IPv6); the default binds to
 loopback because /metrics describes every workload on the node.
 
-- /live returns 200 whenever the event loop answers, so a blocked loop fails the probe.
+- /live returns 200 whenever the event loop runs, so a blocked loop fails the probe.
 - /ready returns 200 when every readiness check is true, else 503 naming the failing ones.
 - /metrics returns the registry in the Prometheus text format (or OpenMetrics when the
   Accept header asks for it).
@@ -153,7 +153,7 @@ class HealthServer:
             try:
                 await self._serve_one(reader, writer)
             except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-                pass  # The client went away or stopped reading; there is nobody to answer.
+                pass  # The client closed or stopped reading, so no response can be sent.
             finally:
                 writer.close()
 
@@ -170,6 +170,12 @@ class HealthServer:
             response = _text(431, f"request head exceeds {MAX_REQUEST_HEAD_BYTES} bytes")
         except _BadRequest as error:
             response = _text(400, str(error))
+        if response.status >= 400:
+            # Debug level: probes and scrapers send valid requests, so these come from
+            # misconfigured or hostile clients and must not flood the log.
+            detail = response.body.decode().strip()
+            event(logger, logging.DEBUG, "health request rejected",
+                  method=method, error=f"{response.status} {detail}")
         writer.write(response.encode(include_body=method != "HEAD"))
         async with asyncio.timeout(self._request_timeout):
             await writer.drain()

@@ -129,8 +129,8 @@ class Metrics:
         )
         earliest.set_function(self._seconds_to_earliest_svid_expiry)
         # Rotation renews an SVID at about half its lifetime, so a ratio well under 0.5
-        # means an SVID missed its rotation; the alert rules use this to tell a failed
-        # rotation from an SVID whose whole TTL is short.
+        # means an SVID missed its rotation. The alert rules use the ratio to tell a
+        # failed rotation from an SVID whose whole TTL is short.
         remaining = Gauge(
             f"{PREFIX}_svid_min_remaining_lifetime_ratio",
             "Smallest fraction of its lifetime that a served SVID has left; NaN when none.",
