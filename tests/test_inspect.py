@@ -67,9 +67,9 @@ def test_inspect_exited_process(tmp_path: Path) -> None:
     pid = proc.pid
     proc.stop()
     result = _inspect(str(pid))
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     assert result.stdout == ""
-    assert result.stderr.startswith("attest-agent inspect: process_exited: ")
+    assert result.stderr.startswith("attest-agent inspect: process_exited: "), result.stderr
     assert str(pid) in result.stderr
     assert result.stderr.count("\n") == 1
 
@@ -82,13 +82,13 @@ def test_inspect_ambiguous_cgroups(tmp_path: Path) -> None:
         start_sleeper(sleep, cgroup_dirs=[first.path, second.path]) as proc,
     ):
         result = _inspect(str(proc.pid))
-    assert result.returncode == 1
-    assert result.stderr.startswith("attest-agent inspect: ambiguous_cgroups: ")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("attest-agent inspect: ambiguous_cgroups: "), result.stderr
 
 
 def test_inspect_too_large(tmp_path: Path) -> None:
     sleep = copy_sleep(tmp_path, "inspect-large")
     with start_sleeper(sleep) as proc:
         result = _inspect(str(proc.pid), "--max-exe-size", "1000")
-    assert result.returncode == 1
-    assert result.stderr.startswith("attest-agent inspect: exe_too_large: ")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("attest-agent inspect: exe_too_large: "), result.stderr
