@@ -71,6 +71,7 @@ class Agent:
         self._resolver: IdentityResolver | None = None
         self._server: Any = None
         self._front_door: FrontDoor | None = None
+        self._bound_internal = False
 
     async def start(self) -> None:
         """Start every component; on failure, stop what started and re-raise."""
@@ -130,8 +131,9 @@ class Agent:
         for hook in self._hooks:
             hook(server, resolver)
         server.add_insecure_port(f"unix:{internal}")
-        await server.start()
         self._server = server
+        self._bound_internal = True
+        await server.start()
 
     async def reload(self) -> None:
         """Re-read manifests and CA files; a failure is logged and the old state kept."""
@@ -158,9 +160,12 @@ class Agent:
         if self._authority is not None:
             await self._authority.close()
             self._authority = None
-        for path in (self.settings.socket_path, self.settings.internal_socket_path):
+        if self._bound_internal:
+            # The front door removed the public socket; a start that failed early must not
+            # remove a socket that another agent serves.
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                self.settings.internal_socket_path.unlink()
+            self._bound_internal = False
 
 
 async def run(settings: Settings, hooks: Sequence[ServiceHook] | None = None) -> None:

@@ -221,6 +221,7 @@ def test_e2e_source_rotation_and_loss(pythons: dict[str, CopiedBinary]) -> None:
 
         source = stack.enter_context(watching_source(files, web, pod))
         first = source.next_event("update")
+        source.next_event("watching")
         rotated = source.next_event("update", deadline=ROTATION_DEADLINE_SECONDS)
         assert rotated["spiffe_id"] == first["spiffe_id"] == spiffe_id(files, "web")
         assert rotated["serial"] != first["serial"]

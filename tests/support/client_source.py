@@ -4,8 +4,9 @@ Usage: ``python client_source.py``, with SPIFFE_ENDPOINT_SOCKET set. Prints JSON
 
 - ``{"event": "update", "serial": ..., "spiffe_id": ...}`` from an X509Source (default
   retry policy) at start and on every update it receives;
-- ``{"event": "stream_error", "error": ...}`` from a second watcher started with
-  ``retry_connect=False``, which reports the first status that ends its stream;
+- ``{"event": "watching"}`` when a second watcher, started with ``retry_connect=False``,
+  received its first update, and ``{"event": "stream_error", "error": ...}`` with the
+  first status that ends its stream;
 - ``{"event": "fetch", ...}`` after each ``fetch`` line on stdin: a fresh one-shot fetch,
   ``{"serial": ...}`` or ``{"error": ...}``.
 
@@ -41,8 +42,15 @@ def main() -> int:
     source.subscribe_for_updates(on_update)
 
     watcher = WorkloadApiClient()
+    watching = threading.Event()
+
+    def on_watch_update(context: object) -> None:
+        if not watching.is_set():
+            watching.set()
+            emit(event="watching")
+
     watcher.stream_x509_contexts(
-        lambda context: None,
+        on_watch_update,
         lambda error: emit(event="stream_error", error=str(error)),
         retry_connect=False,
     )
