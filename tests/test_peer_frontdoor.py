@@ -321,6 +321,37 @@ async def test_frontdoor_pid_namespace_client(
     assert result.exe_sha256 == python.sha256
 
 
+@pytest.mark.parametrize("plain_door", [{}], indirect=True)
+async def test_frontdoor_unprivileged_client(
+    plain_door: tuple[FrontDoor, HoldingServer], socket_dir: Path
+) -> None:
+    # The copy must be reachable by uid 65534, so it lives in a world-readable directory.
+    door, _ = plain_door
+    socket_dir.chmod(0o755)
+    python = copy_python(socket_dir / "bin", "nobody")
+    wrapper = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    with pod_cgroup("pids", driver="cgroupfs", runtime="crio") as pod:
+        client = await asyncio.to_thread(
+            start_socket_client,
+            python,
+            door.public_path,
+            wrapper=wrapper,
+            cgroup_dirs=[pod.path],
+        )
+        with client:
+            await wait_until(lambda: len(door.registry) == 1, "the client's registry entry")
+            conn = door.registry.connections()[0]
+            result = await Attestor().attest(conn)
+    assert conn.creds.uid == 65534
+    assert isinstance(result, Evidence), result
+    assert result.pid == client.pid
+    assert result.uid == 65534
+    assert result.gid == 65534
+    assert result.pod_uid == pod.pod_uid
+    assert result.container_id == pod.container_id
+    assert result.exe_sha256 == python.sha256
+
+
 HIDDEN_PID_AGENT = r"""
 import asyncio, logging, sys
 from pathlib import Path
