@@ -111,6 +111,7 @@ def test_name_constraint_enforced(tmp_path: Path) -> None:
     _, node = init_and_issue(tmp_path)
     intermediate = x509.load_pem_x509_certificate((node / "intermediate.pem").read_bytes())
     signer = read_private_key(node / "intermediate.key")
+
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     leaf = (
@@ -128,6 +129,7 @@ def test_name_constraint_enforced(tmp_path: Path) -> None:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(signer, hashes.SHA256())
     )
+
     leaf_path = tmp_path / "evil.pem"
     leaf_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     done = openssl(

@@ -278,3 +278,5 @@ async def test_closed_authority(tmp_path: Path) -> None:
         await ca.get_x509_svid(WEB)
     with pytest.raises(CANotReadyError):
         await ca.mint_jwt_svid(WEB, ["a"])
+    with pytest.raises(CANotReadyError):
+        await ca.start()

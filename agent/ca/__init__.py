@@ -6,7 +6,7 @@ Construct ``Authority(CASettings(...))``, ``await start()``, then call
 at shutdown. This package never imports grpc.
 """
 
-from agent.ca.authority import JWT_LEEWAY_SECONDS, Authority
+from agent.ca.authority import Authority
 from agent.ca.errors import (
     CAError,
     CAFileError,
@@ -18,6 +18,7 @@ from agent.ca.errors import (
     UnsupportedAlgorithmError,
     UnsupportedKeyTypeError,
 )
+from agent.ca.jwtissuer import JWT_LEEWAY_SECONDS
 from agent.ca.jwtkeys import JwtBundle
 from agent.ca.keys import JWT_ALGORITHMS, KEY_TYPES
 from agent.ca.settings import CASettings

@@ -23,8 +23,8 @@ from typing import Any
 from agent.ca import watch
 from agent.ca.errors import CAError, CANotReadyError, IntermediateExpiredError, SvidRequestError
 from agent.ca.ids import check_dns_name, check_workload_id
-from agent.ca.jwtkeys import JwtBundle, JwtKeyRing, new_jwt_key
-from agent.ca.jwtsvid import sign_jwt_svid, validate_jwt_svid
+from agent.ca.jwtissuer import JwtIssuer
+from agent.ca.jwtkeys import JwtBundle
 from agent.ca.material import CAMaterial
 from agent.ca.rotation import CacheEntry, CacheKey, SvidCache
 from agent.ca.settings import CASettings, check_settings
@@ -40,8 +40,6 @@ from agent.notify import Notifier
 
 logger = logging.getLogger(__name__)
 
-# Clock skew allowed when checking a JWT-SVID's exp and nbf, in seconds.
-JWT_LEEWAY_SECONDS = 30
 # After a failed renewal, the next attempt waits this long (or a tenth of the
 # SVID lifetime, if shorter).
 RENEWAL_RETRY_SECONDS = 5.0
@@ -58,8 +56,7 @@ class Authority:
         self._inflight: dict[CacheKey, asyncio.Task[CacheEntry]] = {}
         self._material: CAMaterial | None = None
         self._x509_bundle: X509Bundle | None = None
-        self._jwt_ring: JwtKeyRing | None = None
-        self._jwt_bundle: JwtBundle | None = None
+        self._jwt: JwtIssuer | None = None
         self._files = watch.CAFiles(settings)
         self._wake = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -71,17 +68,18 @@ class Authority:
     async def start(self) -> None:
         """Load (or create) the signing material, make JWT keys, start rotation."""
         if self._task is not None or self._closed:
-            raise CAError("Authority.start() may be called once, before close()")
+            raise CANotReadyError("start()", "start() may run once, and not after close()")
         material = await self._files.load()
         self._install_material(material, initial=True)
-        algorithm = self._settings.jwt_algorithm
-        active, upcoming = await asyncio.gather(
-            asyncio.to_thread(new_jwt_key, algorithm), asyncio.to_thread(new_jwt_key, algorithm)
+        settings = self._settings
+        self._jwt = await JwtIssuer.create(
+            self.trust_domain,
+            settings.jwt_algorithm,
+            settings.jwt_svid_ttl,
+            settings.jwt_key_rotation,
         )
-        retention = self._settings.jwt_svid_ttl + JWT_LEEWAY_SECONDS
-        self._jwt_ring = JwtKeyRing(active, upcoming, retention, time.time())
-        self._publish_jwt_bundle(initial=True)
         self._task = asyncio.create_task(self._run(), name="ca-rotation")
+        self._task.add_done_callback(_log_rotation_stop)
         event(
             logger,
             logging.INFO,
@@ -102,7 +100,7 @@ class Authority:
             pending.cancel()
         self._cache.clear()
         self._material = None
-        self._jwt_ring = None
+        self._jwt = None
 
     async def reload(self) -> None:
         """Re-read the CA files now; on error keep the current CA and raise CAError."""
@@ -167,8 +165,8 @@ class Authority:
         return self._x509_bundle
 
     def _signed_by_current(self, entry: CacheEntry) -> bool:
-        # After an intermediate change nobody gets an SVID from the old one, even before
-        # the rotation task has re-issued it.
+        # After an intermediate change, no caller gets an SVID from the old one, even
+        # before the rotation task has re-issued it.
         material = self._require_material("get_x509_svid()")
         return entry.svid.chain[1:] == material.chain
 
@@ -199,6 +197,7 @@ class Authority:
         now = datetime.now(UTC)
         if now >= material.not_after:
             raise IntermediateExpiredError(material.not_after)
+
         not_before, not_after, capped = validity_window(
             material, now, ttl, self._settings.backdate_seconds
         )
@@ -223,6 +222,7 @@ class Authority:
                 hint=hint,
             )
         )
+
         issued_at = now.timestamp()
         lifetime = (not_after - now).total_seconds() if capped else float(ttl)
         entry = self._cache.store(key, svid, issued_at, lifetime)
@@ -241,52 +241,21 @@ class Authority:
     # JWT-SVIDs and bundle
 
     async def mint_jwt_svid(self, spiffe_id: str, audiences: Sequence[str]) -> str:
-        """Return a JWT-SVID for ``spiffe_id`` valid for every audience in ``audiences``."""
-        ring = self._require_ring("mint_jwt_svid()")
+        """Return a JWT-SVID for ``spiffe_id`` valid for every audience in ``audiences``.
+
+        Raises SvidRequestError for an invalid SPIFFE ID or an empty audience list.
+        """
+        issuer = self._require_jwt("mint_jwt_svid()")
         check_workload_id(spiffe_id, self.trust_domain)
-        if isinstance(audiences, str) or not audiences:
-            raise SvidRequestError("audiences", audiences, "pass a non-empty list of audiences")
-        for audience in audiences:
-            if not isinstance(audience, str) or not audience:
-                raise SvidRequestError("audience", audience, "audiences are non-empty strings")
-        token = await asyncio.to_thread(
-            sign_jwt_svid,
-            ring.active,
-            spiffe_id,
-            list(audiences),
-            self._settings.jwt_svid_ttl,
-            int(time.time()),
-        )
-        event(logger, logging.DEBUG, "JWT-SVID minted", spiffe_id=spiffe_id, key=ring.active.kid)
-        return token
+        return await issuer.mint(spiffe_id, audiences)
 
     def validate_jwt_svid(self, token: str, audience: str) -> tuple[str, dict[str, Any]]:
         """Return (spiffe_id, claims) of a valid JWT-SVID or raise JwtSvidError."""
-        ring = self._require_ring("validate_jwt_svid()")
-        return validate_jwt_svid(
-            token,
-            audience,
-            find_key=ring.find,
-            trust_domains={self.trust_domain},
-            now=time.time(),
-            leeway=JWT_LEEWAY_SECONDS,
-        )
+        return self._require_jwt("validate_jwt_svid()").validate(token, audience)
 
     def jwt_bundle(self) -> JwtBundle:
         """Return the JWKS of every JWT key whose tokens may still be valid."""
-        self._require_ring("jwt_bundle()")
-        if self._jwt_bundle is None:
-            raise CANotReadyError("jwt_bundle()")
-        return self._jwt_bundle
-
-    def _publish_jwt_bundle(self, *, initial: bool) -> None:
-        ring = self._jwt_ring
-        if ring is None:
-            raise CANotReadyError("publishing the JWT bundle")
-        version = 1 if self._jwt_bundle is None else self._jwt_bundle.version + 1
-        self._jwt_bundle = JwtBundle(self.trust_domain, ring.jwks(), version)
-        if not initial:
-            self._notifier.notify()
+        return self._require_jwt("jwt_bundle()").bundle
 
     # Signing material
 
@@ -326,14 +295,10 @@ class Authority:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
     def _next_deadline(self) -> float:
-        ring = self._require_ring("rotation")
-        deadlines = [
-            ring.activated_at + self._settings.jwt_key_rotation,
-            self._files.next_check(),
-        ]
-        for optional in (self._cache.next_renewal(), ring.next_removal()):
-            if optional is not None:
-                deadlines.append(optional)
+        deadlines = [self._require_jwt("rotation").next_deadline(), self._files.next_check()]
+        next_renewal = self._cache.next_renewal()
+        if next_renewal is not None:
+            deadlines.append(next_renewal)
         return min(deadlines)
 
     async def _renew_due(self, now: float) -> None:
@@ -344,11 +309,16 @@ class Authority:
                 continue
             entry = self._cache.peek(key)
             hint = entry.svid.hint if entry else ""
+            lifetime = entry.lifetime if entry else RENEWAL_RETRY_SECONDS
+            retry_at = now + min(RENEWAL_RETRY_SECONDS, lifetime / 10)
             try:
                 await self._renew(key, hint, renewal=True)
+            except IntermediateExpiredError:
+                # CAFiles.warn_if_expiring logs this once; one line per SVID and retry
+                # would flood the log until the intermediate is replaced.
+                self._cache.postpone(key, retry_at)
             except CAError as error:
-                lifetime = entry.lifetime if entry else RENEWAL_RETRY_SECONDS
-                self._cache.postpone(key, now + min(RENEWAL_RETRY_SECONDS, lifetime / 10))
+                self._cache.postpone(key, retry_at)
                 event(
                     logger,
                     logging.ERROR,
@@ -358,15 +328,8 @@ class Authority:
                 )
 
     async def _rotate_jwt_keys(self, now: float) -> None:
-        ring = self._require_ring("rotation")
-        changed = ring.prune(now)
-        if now >= ring.activated_at + self._settings.jwt_key_rotation:
-            upcoming = await asyncio.to_thread(new_jwt_key, self._settings.jwt_algorithm)
-            ring.rotate(upcoming, time.time())
-            event(logger, logging.INFO, "JWT signing key rotated", key=ring.active.kid)
-            changed = True
-        if changed:
-            self._publish_jwt_bundle(initial=False)
+        if await self._require_jwt("rotation").rotate(now):
+            self._notifier.notify()
 
     async def _check_files(self, now: float) -> None:
         material = self._require_material("rotation")
@@ -399,8 +362,17 @@ class Authority:
             raise CANotReadyError(operation)
         return self._material
 
-    def _require_ring(self, operation: str) -> JwtKeyRing:
+    def _require_jwt(self, operation: str) -> JwtIssuer:
         self._require_running(operation)
-        if self._jwt_ring is None:
+        if self._jwt is None:
             raise CANotReadyError(operation)
-        return self._jwt_ring
+        return self._jwt
+
+
+def _log_rotation_stop(task: asyncio.Task[None]) -> None:
+    # The rotation loop only ends by cancellation; anything else is a bug that leaves
+    # SVIDs unrenewed, so it is logged here and ``ready`` turns False.
+    if task.cancelled():
+        return
+    error = task.exception()
+    event(logger, logging.CRITICAL, "CA rotation task stopped", error=repr(error))

@@ -9,7 +9,7 @@ cryptography and OS errors are translated where the CA reads files or parses key
     ├── UnsupportedAlgorithmError   JWT algorithm setting not in the allowed list
     ├── InvalidSettingError         another CA setting is out of range
     ├── CAFileError                 a CA file is missing, unreadable or invalid
-    ├── CANotReadyError             Authority used before start() or after close()
+    ├── CANotReadyError             Authority used before start(), after close()
     ├── IntermediateExpiredError    the signing certificate has expired
     ├── SvidRequestError            invalid SPIFFE ID, DNS name, TTL or audience
     └── JwtSvidError                a JWT-SVID failed validation (``reason`` code)
@@ -69,11 +69,11 @@ class CAFileError(CAError):
 
 
 class CANotReadyError(CAError):
-    """The Authority was used before start() finished or after close()."""
+    """The Authority was used before start() finished, after close(), or started twice."""
 
-    def __init__(self, operation: str) -> None:
+    def __init__(self, operation: str, fix: str = "call start() first") -> None:
         self.operation = operation
-        super().__init__(f"certificate authority is not running: call start() before {operation}")
+        super().__init__(f"certificate authority is not running for {operation}: {fix}")
 
 
 class IntermediateExpiredError(CAError):

@@ -1,8 +1,8 @@
 """Read and write CA certificates and keys on disk.
 
-Key files are written atomically with mode 0600: a temporary file in the same
-directory gets its mode before any byte is written, is fsynced and then renamed over
-the target, so a reader sees either the old or the new file and never a partial key.
+Key files are written atomically with mode 0600. A temporary file in the same
+directory gets its mode before any byte is written, is fsynced, and is then renamed
+over the target. A reader therefore sees the old or the new file, never a partial key.
 OS and cryptography errors become CAFileError naming the path. All functions block:
 async callers run them in a thread.
 """

@@ -1,6 +1,6 @@
 """JWT signing keys: rotation, retention and the published JWKS.
 
-A JwtKeyRing holds three kinds of keys. The *active* key signs new JWT-SVIDs. The
+A JwtKeyRing contains three kinds of keys. The *active* key signs new JWT-SVIDs. The
 *next* key is already published, one rotation period before it signs anything, so
 that validators holding a cached JWKS know it when it becomes active. *Retired* keys
 stay published until every token they signed has expired (retirement time plus the

@@ -26,9 +26,10 @@ from agent.ca.keys import PrivateKey, key_type_of
 class CAMaterial:
     """Checked signing material.
 
-    ``cert`` signs the SVIDs with ``key``; ``intermediates`` are further CA certificates
-    between ``cert`` and a root, in chain order; ``roots`` are the trust anchors
-    published as the X.509 bundle. No root appears in ``cert`` or ``intermediates``.
+    ``cert`` signs the SVIDs with ``key``. ``intermediates`` are further CA
+    certificates between ``cert`` and a root, in chain order. ``roots`` are the trust
+    anchors published as the X.509 bundle. No root appears in ``cert`` or
+    ``intermediates``.
     """
 
     cert: x509.Certificate
@@ -67,9 +68,10 @@ def check_material(
 ) -> CAMaterial:
     """Check that ``chain[0]`` with ``key`` may sign SVIDs for ``trust_domain``.
 
-    The checks: the key matches the certificate and is a supported type; every chain
-    certificate is a CA with keyCertSign; each is signed by the next and the last by a
-    root; the signing certificate is valid now and names no other trust domain.
+    The key must match the certificate and be a supported type. Every chain
+    certificate must be a CA with keyCertSign, signed by the next one, and the last
+    by a root. The signing certificate must be valid now and name no other trust
+    domain.
     Errors are CAFileError naming ``source``, the certificate file, or
     IntermediateExpiredError.
     """

@@ -1,6 +1,6 @@
 """The X.509-SVID cache and its renewal schedule.
 
-SvidCache holds one SVID per (SPIFFE ID, DNS names, TTL). Each entry is due for
+SvidCache stores one SVID per (SPIFFE ID, DNS names, TTL). Each entry is due for
 renewal at half its lifetime, moved by up to +/-10% of that half so that many SVIDs
 issued together renew spread out instead of in one burst. An entry nobody requested
 for longer than its lifetime is dropped at its next due time instead of renewed.
@@ -91,7 +91,7 @@ class SvidCache:
         return [key for _, key in sorted(due)]
 
     def is_abandoned(self, key: CacheKey, now: float) -> bool:
-        """Return True if nobody requested ``key`` for longer than its lifetime."""
+        """Return True if no caller requested ``key`` for longer than its lifetime."""
         entry = self._entries[key]
         return now - entry.last_requested > entry.lifetime
 

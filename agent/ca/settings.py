@@ -1,7 +1,7 @@
 """Settings of the certificate authority.
 
 Build a CASettings and pass it to Authority, which calls ``check_settings`` before
-anything else; a bad value raises a CAError that names the setting and the fix.
+anything else. A bad value raises a CAError that names the setting and the fix.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Where the signing material comes from, and when to read it again.
 
 CAFiles loads the configured intermediate files, or the development CA under the
-state directory, and decides when they need reloading: a changed file (polled by
-stat, so a Kubernetes Secret update through its symlink swap is seen), or a
-development intermediate near its end. It also warns once per intermediate when it
-is about to expire. Use it from the event loop; file work runs in threads.
+state directory, and decides when to read them again. A reload is due when a file
+changed, which stat polling notices even for a Kubernetes Secret update through its
+symlink swap, or when a development intermediate nears its end. CAFiles also warns
+once per intermediate before it expires. Use it from the event loop, because file
+work runs in threads.
 """
 
 from __future__ import annotations

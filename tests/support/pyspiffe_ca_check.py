@@ -2,7 +2,7 @@
 
 py-spiffe registers the Workload API messages in the default protobuf pool, so it
 must not share a process with agent._proto. Run it as
-``python pyspiffe_ca_check.py INPUT.json``. The input holds base64 values:
+``python pyspiffe_ca_check.py INPUT.json``. The input contains base64 values:
 chain_der, key_der, bundle_der, jwks, token, and plain strings trust_domain,
 audience and wrong_audience. The script prints one JSON object with what py-spiffe
 saw, or the class and message of the error it raised, for each check.
