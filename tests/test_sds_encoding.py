@@ -7,6 +7,10 @@ test_sds_envoy.py check that Envoy accepts it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import replace
+
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -20,8 +24,9 @@ from agent.sds.encoding import (
     tls_certificate_secret,
     validation_context_secret,
 )
+from agent.sds.errors import SecretEncodingError
 from agent.sds.resources import UnknownResourceError, build_secrets
-from tests.support.sds_fakes import MiniCA
+from tests.support.sds_fakes import FakeBundle, MiniCA
 
 WEB = "spiffe://example.org/ns/default/sa/web"
 DB = "spiffe://example.org/ns/default/sa/db"
@@ -100,8 +105,17 @@ def test_validator_choice(
 
 
 def test_validation_context_rejects_empty(ca: MiniCA) -> None:
-    with pytest.raises(ValueError, match="at least one bundle"):
+    empty = FakeBundle("example.org", b"", b"")
+    with pytest.raises(SecretEncodingError, match="there is no bundle to trust"):
         validation_context_secret("ROOTCA", [], EnvoyNode())
+    with pytest.raises(SecretEncodingError, match=r"trust domain example\.org is empty"):
+        validation_context_secret("ALL", [empty], EnvoyNode())
+
+
+def test_certificate_rejects_bad_chain(ca: MiniCA) -> None:
+    broken = replace(ca.svid(WEB), chain_pem=b"not a certificate")
+    with pytest.raises(SecretEncodingError, match=r"'default'.*not valid PEM"):
+        tls_certificate_secret("default", broken)
 
 
 def test_version_changes_with_cert(ca: MiniCA) -> None:
@@ -162,3 +176,15 @@ def test_resource_name_rejected(ca: MiniCA, name: str) -> None:
 def test_resource_names_deduplicated(ca: MiniCA) -> None:
     secrets = build_secrets(["ROOTCA", "default", "ROOTCA"], ca.state(WEB), EnvoyNode())
     assert list(secrets) == ["ROOTCA", "default"]
+
+
+def test_encoding_imports_no_grpc() -> None:
+    # A fresh interpreter, because this pytest process has loaded grpc already.
+    script = (
+        "import sys, agent.sds.encoding, agent.sds.resources, agent.sds.protocol; "
+        "print(sorted(m for m in sys.modules if m == 'grpc' or m.startswith('grpc.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -1,21 +1,27 @@
 """Envoy SDS v3 on the agent socket.
 
 The server calls ``add_to_server(server, resolver)`` once, before it starts, to register
-the SecretDiscoveryService next to the Workload API on the same grpc.aio server.
+the SecretDiscoveryService next to the Workload API on the same grpc.aio server. The
+encoding, resource and protocol modules do not import grpc.
 """
 
 from __future__ import annotations
 
-import grpc
-from envoy.service.secret.v3 import sds_pb2_grpc
+from typing import TYPE_CHECKING, Any
 
-from agent.sds.service import Resolver, SecretDiscoveryService
+if TYPE_CHECKING:
+    from agent.sds.service import Resolver
 
-__all__ = ["SecretDiscoveryService", "add_to_server"]
+__all__ = ["add_to_server"]
 
 
-def add_to_server(server: grpc.aio.Server, resolver: Resolver) -> None:
+def add_to_server(server: Any, resolver: Resolver) -> None:
     """Register on ``server`` a SecretDiscoveryService that resolves callers with ``resolver``."""
+    # Imported here so that importing agent.sds.encoding does not load grpc.
+    from envoy.service.secret.v3 import sds_pb2_grpc  # noqa: PLC0415
+
+    from agent.sds.service import SecretDiscoveryService  # noqa: PLC0415
+
     sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
         SecretDiscoveryService(resolver), server
     )

@@ -29,6 +29,7 @@ from envoy.extensions.transport_sockets.tls.v3 import (
 )
 
 from agent.identities import X509Bundle, X509Svid
+from agent.sds.errors import SecretEncodingError
 from agent.spiffeid import parse_trust_domain
 
 __all__ = [
@@ -85,7 +86,9 @@ class EnvoyNode:
 def tls_certificate_secret(name: str, svid: X509Svid) -> secret_pb2.Secret:
     """Build a Secret named ``name`` holding the SVID's chain (leaf first, no root) and key."""
     secret = secret_pb2.Secret(name=name)
-    secret.tls_certificate.certificate_chain.inline_bytes = _chain_without_roots(svid.chain_pem)
+    secret.tls_certificate.certificate_chain.inline_bytes = _chain_without_roots(
+        name, svid.chain_pem
+    )
     secret.tls_certificate.private_key.inline_bytes = svid.key_pem
     return secret
 
@@ -95,14 +98,16 @@ def validation_context_secret(
 ) -> secret_pb2.Secret:
     """Build a Secret named ``name`` that trusts every CA in ``bundles``.
 
-    Raises ValueError for an empty bundle list or a bundle without certificates, since
-    Envoy would then trust nothing and the caller should fix its request instead.
+    Raises SecretEncodingError for an empty bundle list or a bundle without
+    certificates, because Envoy would then reject every peer.
     """
     if not bundles:
-        raise ValueError("a validation context needs at least one bundle")
+        raise SecretEncodingError(name, "there is no bundle to trust")
     for bundle in bundles:
         if not bundle.pem.strip():
-            raise ValueError(f"the bundle of trust domain {bundle.trust_domain} is empty")
+            raise SecretEncodingError(
+                name, f"the bundle of trust domain {bundle.trust_domain} is empty"
+            )
     secret = secret_pb2.Secret(name=name)
     context = secret.validation_context
     if node.uses_spiffe_validator:
@@ -131,10 +136,11 @@ def secret_version(secret: secret_pb2.Secret) -> str:
     return hashlib.sha256(public.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
-def _chain_without_roots(chain_pem: bytes) -> bytes:
-    certificates = x509.load_pem_x509_certificates(chain_pem)
-    if not certificates:
-        raise ValueError("the SVID has an empty certificate chain")
+def _chain_without_roots(name: str, chain_pem: bytes) -> bytes:
+    try:
+        certificates = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError as err:
+        raise SecretEncodingError(name, f"the SVID chain is not valid PEM ({err})") from err
     # Keep the leaf even if it is self-issued, but drop self-issued CAs after it. Peers
     # must anchor trust in their own bundle, never in a root that the chain brings along.
     kept = [certificates[0]] + [c for c in certificates[1:] if c.subject != c.issuer]

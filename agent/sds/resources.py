@@ -17,9 +17,9 @@ from collections.abc import Iterable
 
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from agent.errors import AgentError
 from agent.identities import CallerState
 from agent.sds.encoding import EnvoyNode, tls_certificate_secret, validation_context_secret
+from agent.sds.errors import InvalidRequestError, SdsError, UnknownResourceError
 from agent.spiffeid import SCHEME_PREFIX, parse_trust_domain
 
 __all__ = [
@@ -35,30 +35,6 @@ __all__ = [
 DEFAULT_CERTIFICATE = "default"
 ROOT_CA = "ROOTCA"
 ALL_BUNDLES = "ALL"
-
-
-class SdsError(AgentError):
-    """Base class of errors in SDS requests."""
-
-
-class UnknownResourceError(SdsError):
-    """A requested resource name that the caller is not entitled to or that has no meaning."""
-
-    def __init__(self, resource: str) -> None:
-        self.resource = resource
-        super().__init__(
-            f"unknown SDS resource {resource!r}: request 'default', a SPIFFE ID that this "
-            f"workload holds, 'ROOTCA', 'spiffe://<trust domain>' or 'ALL'"
-        )
-
-
-class InvalidRequestError(SdsError):
-    """A discovery request that this service cannot serve, such as one with a foreign type_url."""
-
-    def __init__(self, field: str, value: str, expected: str) -> None:
-        self.field = field
-        self.value = value
-        super().__init__(f"invalid SDS request: {field} is {value!r}, expected {expected}")
 
 
 def build_secrets(

@@ -32,8 +32,13 @@ from agent.errors import AgentError
 from agent.identities import CallerState
 from agent.log import event
 from agent.peer.connection import Connection
+from agent.sds.errors import (
+    InvalidRequestError,
+    SdsError,
+    SecretEncodingError,
+    UnknownResourceError,
+)
 from agent.sds.protocol import DeltaSession, SotwSession
-from agent.sds.resources import InvalidRequestError, SdsError, UnknownResourceError
 
 __all__ = ["Resolver", "SecretDiscoveryService"]
 
@@ -102,6 +107,8 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
         session.on_state(outcome)
         try:
             response = session.on_request(request)
+        except SecretEncodingError as err:
+            await _abort_issue_failed(context, fields, err)
         except SdsError as err:
             await _abort_invalid(context, fields, err)
         if response is None:
@@ -148,6 +155,8 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
                     await _abort_denied(context, item)
                 try:
                     response = _apply(session, kind, item)
+                except SecretEncodingError as err:
+                    await _abort_issue_failed(context, fields, err)
                 except SdsError as err:
                     await _abort_invalid(context, fields, err)
                 if response is not None:
