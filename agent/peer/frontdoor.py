@@ -61,6 +61,7 @@ class FrontDoor:
         self._socket_inode: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._rejected_over_limit = 0
+        self._hidden_pid_rejections = 0
 
     async def start(self) -> None:
         """Bind the public socket (mode 0777) and start accepting."""
@@ -157,15 +158,19 @@ class FrontDoor:
             )
             return None
         if creds.pid == 0:
-            event(
-                logger,
-                logging.WARNING,
-                "connection rejected: the caller's PID namespace is not visible, "
-                "run the agent in the host PID namespace (hostPID: true)",
-                uid=creds.uid,
-                gid=creds.gid,
-                reason=Reason.PID_NAMESPACE_HIDDEN.value,
-            )
+            self._hidden_pid_rejections += 1
+            # A misdeployed agent rejects every call: log the 1st, 2nd, 4th, 8th, ... one.
+            if self._hidden_pid_rejections & (self._hidden_pid_rejections - 1) == 0:
+                event(
+                    logger,
+                    logging.WARNING,
+                    "connection rejected: the caller's PID namespace is not visible, "
+                    "run the agent in the host PID namespace (hostPID: true)",
+                    uid=creds.uid,
+                    gid=creds.gid,
+                    reason=Reason.PID_NAMESPACE_HIDDEN.value,
+                    count=self._hidden_pid_rejections,
+                )
             return None
         try:
             pidfd, start_time = pin_peer(sock, creds.pid, self._proc_root)
