@@ -62,7 +62,8 @@ def _quote(value: object) -> str:
 
 def format_fields(fields: dict[str, Any]) -> str:
     """Render fields as ``key=value`` pairs, quoting values with spaces or quotes."""
-    return " ".join(f"{name}={_quote(value)}" for name, value in fields.items() if value is not None)
+    pairs = (f"{name}={_quote(value)}" for name, value in fields.items() if value is not None)
+    return " ".join(pairs)
 
 
 def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
@@ -70,7 +71,10 @@ def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> No
     if not logger.isEnabledFor(level):
         return
     rendered = format_fields(fields)
-    logger.log(level, "%s %s", message, rendered) if rendered else logger.log(level, "%s", message)
+    if rendered:
+        logger.log(level, "%s %s", message, rendered)
+    else:
+        logger.log(level, "%s", message)
 
 
 def configure(level: str = "INFO") -> None:
