@@ -62,8 +62,9 @@ def init_and_issue(tmp_path: Path, *extra_init: str) -> tuple[Path, Path]:
         ("ec-p384", ec.EllipticCurvePrivateKey, 384),
         ("rsa-2048", rsa.RSAPrivateKey, 2048),
         ("rsa-3072", rsa.RSAPrivateKey, 3072),
+        ("rsa-4096", rsa.RSAPrivateKey, 4096),
     ],
-    ids=["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"],
+    ids=["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"],
 )
 def test_ca_files_verify(tmp_path: Path, key_type: str, key_class: type, size: int) -> None:
     root, node = init_and_issue(tmp_path, "--key-type", key_type)

@@ -181,8 +181,9 @@ async def test_svid_cached_per_request(authority: Authority) -> None:
         ("ec-p384", ec.EllipticCurvePrivateKey, 384),
         ("rsa-2048", rsa.RSAPrivateKey, 2048),
         ("rsa-3072", rsa.RSAPrivateKey, 3072),
+        ("rsa-4096", rsa.RSAPrivateKey, 4096),
     ],
-    ids=["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"],
+    ids=["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"],
 )
 async def test_svid_key_types(
     tmp_path: Path, key_type: str, expected_class: type, size: int
