@@ -207,11 +207,12 @@ def _split_der(data: bytes) -> Iterator[bytes]:
 
 
 def _plain(value: Any) -> Any:
-    """Convert protobuf Struct values to plain JSON types."""
-    if hasattr(value, "items"):
-        return {key: _plain(item) for key, item in value.items()}
-    if hasattr(value, "__iter__") and not isinstance(value, str):
-        return [_plain(item) for item in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    """Convert protobuf Struct and ListValue values to plain JSON types."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if hasattr(value, "keys"):
+        return {key: _plain(value[key]) for key in value.keys()}  # noqa: SIM118 - Struct
+    # ListValue supports len() and indexing but is not a Sequence.
+    return [_plain(value[index]) for index in range(len(value))]
