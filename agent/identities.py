@@ -10,8 +10,8 @@ Both the Workload API and the SDS servicers use an IdentityResolver. Callers mus
   every change, and yields a Denial as its last item when the caller loses its identity.
 
 ``resolve`` and ``watch`` propagate the authority's CAError when minting fails, and
-raise ResolverClosedError once ``close()`` was called at shutdown; the services answer
-both with UNAVAILABLE, so clients reconnect to the next agent.
+raise ResolverClosedError once ``close()`` was called at shutdown. The services return
+UNAVAILABLE for both, so clients reconnect to the next agent.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class ResolverClosedError(AgentError):
 
 @dataclass(frozen=True)
 class CallerIdentity:
-    """One identity the caller holds and its current X.509-SVID."""
+    """One identity granted to the caller, with its current X.509-SVID."""
 
     identity: Identity
     svid: X509Svid

@@ -38,8 +38,8 @@ FETCH_SCRIPT = SUPPORT / "client_fetch.py"
 SOURCE_SCRIPT = SUPPORT / "client_source.py"
 NAMESPACE = "demo"
 
-# Functional deadlines: rotation happens at half of a 10 s TTL, so an update is due
-# within about 5 s; the rest is room for a loaded 2-core machine.
+# Functional deadlines. Rotation happens at half of a 10 s TTL, so an update is due
+# within about 5 s. The rest is room for a loaded machine.
 ROTATION_DEADLINE_SECONDS = 25.0
 EVENT_DEADLINE_SECONDS = 20.0
 

@@ -81,7 +81,7 @@ def test_server_removes_stale_socket() -> None:
         files.socket_path.parent.mkdir(mode=0o755)
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(str(files.socket_path))
-        stale.close()  # the file stays, with nobody listening
+        stale.close()  # the file stays, but no process listens on it
         with start_agent(files):
             assert stat.S_ISSOCK(files.socket_path.stat().st_mode)
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

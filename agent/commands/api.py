@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
-        help="seconds to wait for the first answer (default 10)",
+        help="seconds to wait for the first response (default 10)",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 

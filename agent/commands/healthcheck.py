@@ -1,7 +1,7 @@
-"""The ``attest-agent healthcheck`` command: exit 0 when the agent answers on its socket.
+"""The ``attest-agent healthcheck`` command: exit 0 when the agent responds on its socket.
 
 It calls grpc.health.v1.Health/Check for the whole server (service ""). SERVING means
-healthy; an agent built without the health service answers UNIMPLEMENTED, which still
+healthy. An agent built without the health service returns UNIMPLEMENTED, which still
 proves it is up and serving gRPC, so that counts as healthy too. Anything else (no
 socket, timeout, NOT_SERVING) exits 1, which suits container liveness probes.
 """
@@ -27,19 +27,19 @@ SERVING = 1
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add the ``healthcheck`` parser."""
     parser = subparsers.add_parser(
-        "healthcheck", help="exit 0 when the agent answers on its socket"
+        "healthcheck", help="exit 0 when the agent responds on its socket"
     )
     parser.add_argument(
         "--socket", help="agent socket path or unix:///path (default: SPIFFE_ENDPOINT_SOCKET)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)"
+        "--timeout", type=float, default=3.0, help="seconds to wait for the response (default 3)"
     )
     parser.set_defaults(handler=healthcheck)
 
 
 def healthcheck(args: argparse.Namespace) -> int:
-    """Return 0 when the agent reports SERVING or answers gRPC at all, else 1."""
+    """Check the agent's health: 0 for SERVING or any gRPC response, else 1."""
     try:
         target = socket_target(args.socket, os.environ)
     except AgentError as error:

@@ -137,8 +137,8 @@ class WorkloadApiServicer:
         except CAError as error:
             _log_ca_failure(conn, method, error)
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "identity issuance failed")
-        # The watch ends only when the connection closed, so nobody reads this status;
-        # still never end with OK, which would stop a standard client's retries.
+        # The watch ends only when the connection closed, so no client reads this status.
+        # Ending with OK would stop a standard client's retries, so never do that.
         await _abort(context, grpc.StatusCode.UNAVAILABLE, "connection closed")
 
     async def _admit(self, context: Any, method: str) -> Connection:
@@ -213,7 +213,7 @@ async def _abort_for_denial(context: Any, denial: Denial) -> NoReturn:
 
 async def _abort(context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
-    # context.abort always raises; this line only tells the type checker so.
+    # context.abort always raises. This line exists for the type checker (NoReturn).
     raise RuntimeError("grpc context.abort returned")
 
 

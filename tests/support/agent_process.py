@@ -7,7 +7,7 @@ returns once the agent logged that it started; the ``with`` block always stops i
 
     with agent_files(x509_svid_ttl=3600) as files, start_agent(files) as agent:
         sign_manifest(files, "web", {...})
-        ...  # agent.log_text() holds everything the agent logged
+        ...  # agent.log_text() returns everything the agent logged
 
 Stopping sends SIGTERM and, if the agent is still running after 10 s, SIGKILL.
 """
