@@ -14,7 +14,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from agent.ca import Authority, CAFileError, CANotReadyError, CASettings
+from agent.ca import (
+    Authority,
+    CAFileError,
+    CANotReadyError,
+    CASettings,
+    IntermediateExpiredError,
+)
 from agent.ca.issuing import init_root, issue_intermediate
 from agent.ca.rotation import SvidCache, renewal_time
 from agent.ca.x509svid import X509Svid
@@ -139,6 +145,43 @@ def test_cache_entry_usable() -> None:
     entry = cache.store((WEB, (), 100), fake_svid(1), issued_at=0.0, lifetime=100.0)
     assert entry.usable(74.0)
     assert not entry.usable(75.0)
+
+
+def test_capped_entry_renews_at_expiry() -> None:
+    cache = SvidCache(random.Random(1))
+    entry = cache.store((WEB, (), 3600), fake_svid(1), issued_at=0.0, lifetime=10.0, capped=True)
+    assert entry.renew_at == 10.0
+    assert entry.usable(9.9)
+    assert not entry.usable(10.0)
+    assert cache.due(9.9) == []
+
+
+async def test_capped_svid_not_churned(tmp_path: Path) -> None:
+    # An intermediate that ends in a few seconds caps every SVID at its end. Renewing
+    # at half-life would repeat that end ever more often; the CA must wait instead.
+    now = datetime.now(UTC)
+    init_root(tmp_path / "root", TD, "ec-p256", timedelta(days=1), now)
+    node = tmp_path / "node"
+    issue_intermediate(
+        tmp_path / "root", "n", node, key_type="ec-p256", lifetime=timedelta(seconds=4), now=now
+    )
+    ca = Authority(file_settings(node))
+    await ca.start()
+    try:
+        seen = ca.notifier.version
+        first = await ca.get_x509_svid(WEB)
+        assert first.not_after == ca.intermediate_not_after
+        remaining = (ca.intermediate_not_after - datetime.now(UTC)).total_seconds()
+        await asyncio.sleep(max(0.0, remaining - 0.5))
+        again = await ca.get_x509_svid(WEB)
+        assert again.serial == first.serial
+        assert ca.notifier.version == seen
+        await asyncio.sleep(1.0)
+        assert not ca.ready
+        with pytest.raises(IntermediateExpiredError):
+            await ca.get_x509_svid(WEB)
+    finally:
+        await ca.close()
 
 
 async def test_unused_svid_dropped(tmp_path: Path) -> None:

@@ -40,9 +40,11 @@ from agent.notify import Notifier
 
 logger = logging.getLogger(__name__)
 
-# After a failed renewal, the next attempt waits this long (or a tenth of the
-# SVID lifetime, if shorter).
-RENEWAL_RETRY_SECONDS = 5.0
+# After a failed renewal, the next attempt waits a tenth of the SVID lifetime, but at
+# least the minimum (so that a short-lived SVID cannot spin the loop) and at most the
+# maximum.
+RENEWAL_RETRY_MIN_SECONDS = 0.5
+RENEWAL_RETRY_MAX_SECONDS = 5.0
 
 
 class Authority:
@@ -225,7 +227,7 @@ class Authority:
 
         issued_at = now.timestamp()
         lifetime = (not_after - now).total_seconds() if capped else float(ttl)
-        entry = self._cache.store(key, svid, issued_at, lifetime)
+        entry = self._cache.store(key, svid, issued_at, lifetime, capped=capped)
         event(
             logger,
             logging.DEBUG,
@@ -284,15 +286,25 @@ class Authority:
     # Background rotation
 
     async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            now = time.time()
-            await self._renew_due(now)
-            await self._rotate_jwt_keys(now)
-            await self._check_files(now)
-            delay = max(0.0, self._next_deadline() - time.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        try:
+            while not self._closed:
+                await self._run_once()
+        except CANotReadyError:
+            # close() can land while a step runs, and Python 3.11's wait_for may drop
+            # the cancellation; the next step then finds the CA closed.
+            if not self._closed:
+                raise
+
+    async def _run_once(self) -> None:
+        self._wake.clear()
+        now = time.time()
+        await self._renew_due(now)
+        await self._rotate_jwt_keys(now)
+        await self._check_files(now)
+        delay = max(0.0, self._next_deadline() - time.time())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
 
     def _next_deadline(self) -> float:
         deadlines = [self._require_jwt("rotation").next_deadline(), self._files.next_check()]
@@ -309,8 +321,11 @@ class Authority:
                 continue
             entry = self._cache.peek(key)
             hint = entry.svid.hint if entry else ""
-            lifetime = entry.lifetime if entry else RENEWAL_RETRY_SECONDS
-            retry_at = now + min(RENEWAL_RETRY_SECONDS, lifetime / 10)
+            lifetime = entry.lifetime if entry else RENEWAL_RETRY_MAX_SECONDS * 10
+            retry_delay = min(
+                RENEWAL_RETRY_MAX_SECONDS, max(RENEWAL_RETRY_MIN_SECONDS, lifetime / 10)
+            )
+            retry_at = now + retry_delay
             try:
                 await self._renew(key, hint, renewal=True)
             except IntermediateExpiredError:

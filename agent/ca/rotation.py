@@ -34,9 +34,16 @@ class CacheEntry:
     lifetime: float
     renew_at: float
     last_requested: float
+    capped: bool = False
 
     def usable(self, now: float) -> bool:
-        """Return True while the SVID may be handed out without renewing it first."""
+        """Return True while the SVID may be handed out without renewing it first.
+
+        A capped SVID ends with the intermediate, and a renewal from the same
+        intermediate would end at the same time, so it stays usable until it expires.
+        """
+        if self.capped:
+            return now < self.issued_at + self.lifetime
         return now < self.issued_at + self.lifetime * STALE_FRACTION
 
 
@@ -72,15 +79,31 @@ class SvidCache:
         """Return the entry for ``key`` without recording a request."""
         return self._entries.get(key)
 
-    def store(self, key: CacheKey, svid: X509Svid, issued_at: float, lifetime: float) -> CacheEntry:
-        """Insert or replace the SVID for ``key`` and schedule its renewal."""
+    def store(
+        self,
+        key: CacheKey,
+        svid: X509Svid,
+        issued_at: float,
+        lifetime: float,
+        *,
+        capped: bool = False,
+    ) -> CacheEntry:
+        """Insert or replace the SVID for ``key`` and schedule its renewal.
+
+        ``capped`` means the SVID ends with the intermediate CA. Renewing it earlier
+        would only repeat the same end, ever more often as that end nears, so its
+        renewal waits until it expires, unless a new intermediate arrives first
+        (``mark_all_due``).
+        """
         previous = self._entries.get(key)
+        renew_at = issued_at + lifetime if capped else renewal_time(issued_at, lifetime, self._rng)
         entry = CacheEntry(
             svid=svid,
             issued_at=issued_at,
             lifetime=lifetime,
-            renew_at=renewal_time(issued_at, lifetime, self._rng),
+            renew_at=renew_at,
             last_requested=previous.last_requested if previous else issued_at,
+            capped=capped,
         )
         self._entries[key] = entry
         return entry
