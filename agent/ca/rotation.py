@@ -2,8 +2,9 @@
 
 SvidCache stores one SVID per (SPIFFE ID, DNS names, TTL). Each entry is due for
 renewal at half its lifetime, moved by up to +/-10% of that half so that many SVIDs
-issued together renew spread out instead of in one burst. An entry nobody requested
-for longer than its lifetime is dropped at its next due time instead of renewed.
+issued together renew spread out instead of in one burst. An entry that no caller
+requested for longer than its lifetime is dropped at its next due time, not renewed.
+An SVID capped at the intermediate's end renews only when it expires.
 The cache is plain data: the Authority calls it from the event loop and passes the
 time (POSIX seconds) into every method.
 """
