@@ -90,11 +90,13 @@ class IntermediateExpiredError(CAError):
 class SvidRequestError(CAError):
     """An SVID request names an invalid SPIFFE ID, DNS name, TTL or audience."""
 
-    def __init__(self, field: str, value: object, detail: str) -> None:
+    def __init__(self, field: str, value: object, detail: str, *, message: str = "") -> None:
+        # ``message`` replaces the composed text when ``detail`` comes from an error
+        # that already names the field and value, such as InvalidSpiffeIdError.
         self.field = field
         self.value = value
         self.detail = detail
-        super().__init__(f"invalid {field} {value!r}: {detail}")
+        super().__init__(message or f"invalid {field} {value!r}: {detail}")
 
 
 class JwtSvidError(CAError):

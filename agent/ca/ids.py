@@ -26,7 +26,9 @@ def check_trust_domain(trust_domain: str) -> str:
     try:
         name = parse_trust_domain(trust_domain)
     except InvalidSpiffeIdError as error:
-        raise SvidRequestError("trust domain", trust_domain, str(error)) from None
+        raise SvidRequestError(
+            "trust domain", trust_domain, str(error), message=str(error)
+        ) from None
     if name != trust_domain:
         raise SvidRequestError("trust domain", trust_domain, f"use the bare name {name!r}")
     return name
@@ -37,7 +39,7 @@ def parse_workload_id(spiffe_id: str) -> SpiffeId:
     try:
         return SpiffeId.parse(spiffe_id)
     except InvalidSpiffeIdError as error:
-        raise SvidRequestError("SPIFFE ID", spiffe_id, str(error)) from None
+        raise SvidRequestError("SPIFFE ID", spiffe_id, str(error), message=str(error)) from None
 
 
 def check_workload_id(spiffe_id: str, trust_domain: str) -> str:
