@@ -24,6 +24,8 @@ class Reason(enum.StrEnum):
     AMBIGUOUS_CGROUPS = "ambiguous_cgroups"
     INVALID_CGROUP = "invalid_cgroup"
     SOCKET_NOT_HELD = "socket_not_held"
+    SOCKET_SHARED = "socket_shared"
+    EXEC_AFTER_CONNECT = "exec_after_connect"
     # Manifest matching: the evidence is fine but no manifest grants an identity.
     NO_MANIFEST_FOR_WORKLOAD = "no_manifest_for_workload"
     EXE_HASH_MISMATCH = "exe_hash_mismatch"
@@ -44,6 +46,8 @@ ATTESTATION_FAILURES: frozenset[Reason] = frozenset(
         Reason.AMBIGUOUS_CGROUPS,
         Reason.INVALID_CGROUP,
         Reason.SOCKET_NOT_HELD,
+        Reason.SOCKET_SHARED,
+        Reason.EXEC_AFTER_CONNECT,
     }
 )
 

@@ -5,6 +5,11 @@ Evidence or a Denial; attestation errors never escape. ``attest_pid(pid)`` pins 
 itself with pidfd_open and serves the CLI (``inspect``). All /proc reads and hashing
 run in a worker thread, so the event loop never blocks on them.
 
+For connections accepted by the front door the attestor also requires that the
+process runs the same file as when it was pinned (an execve() since then fails with
+EXEC_AFTER_CONNECT) and that it alone holds the client end of the connection
+(agent.attest.holders), so no other process can read the identity sent on it.
+
 Why the evidence can be trusted: every /proc file is read by pid, and a pid can be
 reused once its process has exited and been reaped. After the last read the attestor
 checks that the pinned pidfd still shows the process alive and that its start time
@@ -24,12 +29,14 @@ from agent.attest.cgroups import parse_cgroup_file
 from agent.attest.errors import (
     AttestationError,
     CgroupParseError,
+    ExecAfterConnectError,
     ProcessExitedError,
     ProcessReplacedError,
     ProcUnreadableError,
 )
 from agent.attest.evidence import Evidence
-from agent.attest.hashing import ExeHasher, HashCacheStats
+from agent.attest.hashing import ExeDigest, ExeHasher, HashCacheStats
+from agent.attest.holders import check_socket_holders
 from agent.attest.procfs import (
     ProcessIds,
     read_cgroup_text,
@@ -49,7 +56,8 @@ class _Pin:
     """The pinned process: pidfd, start time and the ids the evidence must still match.
 
     ``euid``/``egid`` are SO_PEERCRED's effective ids for connections, or the ids read
-    at pin time for ``attest_pid``.
+    at pin time for ``attest_pid``. ``client_inode`` and ``exe_file`` come from the
+    Connection and are None for ``attest_pid``.
     """
 
     pid: int
@@ -57,6 +65,8 @@ class _Pin:
     start_time: int
     euid: int
     egid: int
+    client_inode: int | None = None
+    exe_file: tuple[int, int] | None = None
 
 
 class Attestor:
@@ -68,8 +78,10 @@ class Attestor:
         *,
         cache_size: int = 256,
         max_exe_size: int | None = None,
+        cgroup_root: Path = Path("/sys/fs/cgroup"),
     ) -> None:
         self._proc_root = proc_root
+        self._cgroup_root = cgroup_root
         self._hasher = ExeHasher(proc_root, cache_size=cache_size, max_exe_size=max_exe_size)
 
     @property
@@ -100,7 +112,15 @@ class Attestor:
             return _deny(
                 Denial(Reason.SOCKET_NOT_HELD, f"connection {conn.conn_id}: {exc}", conn.pid)
             )
-        pin = _Pin(conn.pid, pidfd, conn.start_time, conn.creds.uid, conn.creds.gid)
+        pin = _Pin(
+            conn.pid,
+            pidfd,
+            conn.start_time,
+            conn.creds.uid,
+            conn.creds.gid,
+            client_inode=conn.client_inode,
+            exe_file=conn.exe_file,
+        )
         return await self._run_collect(pin, pin_in_thread=False)
 
     async def attest_pid(self, pid: int) -> Evidence | Denial:
@@ -155,12 +175,18 @@ class Attestor:
         self._check_start_time(pin)
         ids = read_process_ids(pin.pid, self._proc_root)
         _check_credentials(pin, ids)
+        cgroup_text = read_cgroup_text(pin.pid, self._proc_root)
         try:
-            cgroups = parse_cgroup_file(read_cgroup_text(pin.pid, self._proc_root))
+            cgroups = parse_cgroup_file(cgroup_text)
         except CgroupParseError as exc:
             exc.pid = pin.pid
             raise
         exe = self._hasher.digest(pin.pid)
+        check_same_exe(pin, exe)
+        if pin.client_inode is not None:
+            check_socket_holders(
+                pin.pid, pin.client_inode, cgroup_text, self._proc_root, self._cgroup_root
+            )
         self._recheck(pin, ids)
         return Evidence(
             pid=pin.pid,
@@ -222,6 +248,23 @@ class Attestor:
 def _check_alive(pin: _Pin) -> None:
     if pidfd_exited(pin.pidfd):
         raise ProcessExitedError(f"process {pin.pid} exited after it was pinned", pid=pin.pid)
+
+
+def check_same_exe(pin: _Pin, exe: ExeDigest) -> None:
+    """Raise ExecAfterConnectError if the process runs another file than when pinned.
+
+    Threat: a process connects, then execs a binary that a manifest trusts, so the
+    identity of that binary would go to a connection set up by other code.
+    """
+    if pin.exe_file is None or exe.file_id == pin.exe_file:
+        return
+    raise ExecAfterConnectError(
+        f"process {pin.pid} ran execve() after connecting: executable (dev, inode) "
+        f"{pin.exe_file} when pinned, {exe.file_id} now ({exe.exe_path})",
+        pid=pin.pid,
+        expected=pin.exe_file,
+        observed=exe.file_id or (-1, -1),
+    )
 
 
 def _check_credentials(pin: _Pin, ids: ProcessIds) -> None:

@@ -89,6 +89,11 @@ def _pod_uid(component: str) -> str | None:
     return match["uid"].replace("_", "-")
 
 
+def is_pod_component(component: str) -> bool:
+    """Tell whether one cgroup path component is a kubelet pod cgroup (either driver)."""
+    return _pod_uid(component) is not None
+
+
 def _container_id(component: str) -> str | None:
     match = _CONTAINER_COMPONENT.fullmatch(component)
     if match is None:

@@ -10,7 +10,9 @@ The attestor catches AttestationError at its boundary and turns it into a Denial
     ├── ProcessReplacedError    the pid, start time or credentials no longer match the pin
     ├── ProcUnreadableError     a /proc file could not be read or parsed
     ├── ExeUnreadableError      /proc/<pid>/exe could not be opened or read
-    └── ExeTooLargeError        the executable exceeds the configured maximum size
+    ├── ExeTooLargeError        the executable exceeds the configured maximum size
+    ├── ExecAfterConnectError   the caller ran execve() after the agent pinned it
+    └── SocketHolderError       the caller does not hold its connection alone
 """
 
 from __future__ import annotations
@@ -78,3 +80,28 @@ class ExeTooLargeError(AttestationError):
         super().__init__(message, pid=pid)
         self.size = size
         self.limit = limit
+
+
+class ExecAfterConnectError(AttestationError):
+    """The pinned process runs another file than when its connection was accepted."""
+
+    reason = Reason.EXEC_AFTER_CONNECT
+
+    def __init__(
+        self, message: str, *, pid: int, expected: tuple[int, int], observed: tuple[int, int]
+    ) -> None:
+        super().__init__(message, pid=pid)
+        self.expected = expected
+        self.observed = observed
+
+
+class SocketHolderError(AttestationError):
+    """The client end is not held by the caller (SOCKET_NOT_HELD) or also held by
+    other processes (SOCKET_SHARED, their pids in ``holders``)."""
+
+    def __init__(
+        self, reason: Reason, message: str, *, pid: int, holders: frozenset[int] = frozenset()
+    ) -> None:
+        super().__init__(message, pid=pid)
+        self.reason = reason
+        self.holders = holders

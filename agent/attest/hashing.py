@@ -66,6 +66,7 @@ class ExeDigest:
 
     sha256: str
     exe_path: str | None
+    file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the hashed file
 
 
 class ExeHasher:
@@ -98,12 +99,14 @@ class ExeHasher:
         except OSError as exc:
             raise _unreadable(pid, path, exc) from exc
         try:
-            sha256 = self._digest_open_file(pid, path, fd)
+            sha256, identity = self._digest_open_file(pid, path, fd)
         finally:
             os.close(fd)
-        return ExeDigest(sha256=sha256, exe_path=_link_text(path))
+        return ExeDigest(
+            sha256=sha256, exe_path=_link_text(path), file_id=(identity.dev, identity.ino)
+        )
 
-    def _digest_open_file(self, pid: int, path: Path, fd: int) -> str:
+    def _digest_open_file(self, pid: int, path: Path, fd: int) -> tuple[str, FileIdentity]:
         try:
             info = os.fstat(fd)
         except OSError as exc:
@@ -121,12 +124,12 @@ class ExeHasher:
         identity = FileIdentity.of(info)
         cached = self._lookup(identity)
         if cached is not None:
-            return cached
+            return cached, identity
         sha256 = self._hash(pid, path, fd)
         self._check_unchanged(pid, path, fd, identity)
         if time.time_ns() - identity.ctime_ns >= RACY_WINDOW_NS:
             self._store(identity, sha256)
-        return sha256
+        return sha256, identity
 
     def _hash(self, pid: int, path: Path, fd: int) -> str:
         digest = hashlib.sha256()

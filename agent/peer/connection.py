@@ -27,12 +27,20 @@ class Connection:
     ``conn_id`` is unique for the agent's lifetime; the relay binds the internal client
     end to the abstract name derived from it, so grpc's ``context.peer()`` maps back
     here. ``start_time`` is field 22 of /proc/<pid>/stat read right after accept.
+
+    ``client_inode`` is the inode of the client's end of the socket and ``exe_file`` the
+    (st_dev, st_ino) of /proc/<pid>/exe at accept time. The front door always sets
+    both, and the attestor then checks which processes hold the client end and whether
+    the caller ran execve() since it was pinned. None means a connection built without
+    a socket (tests, tools), for which the attestor skips those two checks.
     """
 
     conn_id: str
     creds: PeerCredentials
     pidfd: int
     start_time: int
+    client_inode: int | None = None
+    exe_file: tuple[int, int] | None = None
     closed: bool = field(default=False)
 
     @property

@@ -27,14 +27,19 @@ from agent.denial import Reason
 from agent.log import event
 from agent.peer.connection import Connection
 from agent.peer.errors import PeerError, PinError
-from agent.peer.process import peer_credentials, pin_peer
+from agent.peer.limits import raise_open_file_limit
+from agent.peer.process import peer_credentials, pin_peer, read_exe_file
 from agent.peer.registry import PeerRegistry, abstract_name
+from agent.peer.sockdiag import FileDescriptorOwner, client_socket_inode
 from agent.peer.sockets import PUBLIC_SOCKET_MODE, check_internal_dir
 
 logger = logging.getLogger(__name__)
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _RELAY_CHUNK_BYTES = 64 * 1024
+# Each relayed connection uses the accepted socket, a pidfd, the relay's internal socket
+# and grpcio's end of it.
+FDS_PER_CONNECTION = 4
 
 
 class FrontDoor:
@@ -68,6 +73,7 @@ class FrontDoor:
         if self._server is not None:
             raise PeerError("the front door is already started")
         check_internal_dir(self.internal_path)
+        raise_open_file_limit(self.max_connections * FDS_PER_CONNECTION)
         try:
             self._server = await asyncio.start_unix_server(
                 self._on_accept, path=str(self.public_path)
@@ -177,7 +183,15 @@ class FrontDoor:
         except PinError as exc:
             event(logger, logging.WARNING, "connection rejected", pid=creds.pid, error=exc.problem)
             return None
-        conn = Connection(secrets.token_hex(16), creds, pidfd, start_time)
+        try:
+            client_inode, exe_file = self._socket_facts(sock, creds.pid, pidfd)
+        except PinError as exc:
+            os.close(pidfd)
+            event(logger, logging.WARNING, "connection rejected", pid=creds.pid, error=exc.problem)
+            return None
+        conn = Connection(
+            secrets.token_hex(16), creds, pidfd, start_time, client_inode, exe_file
+        )
         event(
             logger,
             logging.DEBUG,
@@ -189,6 +203,17 @@ class FrontDoor:
             start_time=start_time,
         )
         return conn
+
+    def _socket_facts(
+        self, sock: FileDescriptorOwner, pid: int, pidfd: int
+    ) -> tuple[int, tuple[int, int]]:
+        # The client end's inode lets the attestor find every process holding the
+        # connection; the executable's identity lets it notice an execve() after accept.
+        try:
+            client_inode = client_socket_inode(sock)
+        except (OSError, ValueError) as exc:
+            raise PinError(pid, f"cannot find the client end of its socket: {exc}") from exc
+        return client_inode, read_exe_file(pid, pidfd, self._proc_root)
 
     async def _serve(
         self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

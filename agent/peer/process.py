@@ -92,6 +92,21 @@ def read_start_time(pid: int, proc_root: Path = Path("/proc")) -> int:
         return parse_start_time(handle.read())
 
 
+def read_exe_file(pid: int, pidfd: int, proc_root: Path = Path("/proc")) -> tuple[int, int]:
+    """Return (st_dev, st_ino) of the file that ``pid`` runs, or raise PinError.
+
+    Like the start time, the result is trusted only because the pidfd shows the process
+    alive after the stat, so the pid was not reused in between.
+    """
+    try:
+        info = os.stat(proc_root / str(pid) / "exe")
+    except OSError as exc:
+        raise PinError(pid, f"cannot stat its executable: {exc}") from exc
+    if pidfd_exited(pidfd):
+        raise PinError(pid, "the process exited right after connecting")
+    return info.st_dev, info.st_ino
+
+
 def pin_peer(sock: PeerSocket, pid: int, proc_root: Path = Path("/proc")) -> tuple[int, int]:
     """Pin the peer process of ``sock``: return (pidfd, start_time) or raise PinError.
 
