@@ -10,10 +10,10 @@ AttestationError when /proc or cgroupfs cannot be read, and returns what it scan
 
 Scope: for a caller in a Kubernetes pod, every process below the pod's cgroup (all its
 containers); otherwise the processes of the caller's own cgroup. The directories are
-found under ``cgroup_root`` (normally /sys/fs/cgroup) in every hierarchy the caller's
-/proc/<pid>/cgroup names. When none of them is visible, every process in /proc is
-scanned instead. The list of processes is read again after each pass until no new
-process appears, so a holder that forks and exits while the scan runs is still seen,
+found under ``cgroup_root`` (normally /sys/fs/cgroup) in every hierarchy where the
+caller's /proc/<pid>/cgroup names a cgroup other than the root. When none of them is
+visible, every process in /proc is scanned instead. The list of processes is read
+again after each pass until no new process appears, so a holder that forks and exits while the scan runs is still seen,
 and a scope that keeps changing fails closed after ``MAX_SCAN_ROUNDS`` passes.
 
 A scan cannot see a descriptor that sits in flight in an SCM_RIGHTS message (queued
@@ -152,6 +152,8 @@ def cgroup_scope(cgroup_text: str, cgroup_root: Path) -> list[ScopeDir]:
         components = [part for part in path.split("/") if part]
         if not separator or not path.startswith("/") or {".", ".."} & set(components):
             continue  # outside the agent's cgroup namespace, or malformed
+        if not components:
+            continue  # the root cgroup of a hierarchy groups nothing, so it adds no scope
         mount = _mount_dir(hierarchy, controllers, cgroup_root)
         if mount is None:
             continue
