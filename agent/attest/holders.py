@@ -13,8 +13,9 @@ containers); otherwise the processes of the caller's own cgroup. The directories
 found under ``cgroup_root`` (normally /sys/fs/cgroup) in every hierarchy where the
 caller's /proc/<pid>/cgroup names a cgroup other than the root. When none of them is
 visible, every process in /proc is scanned instead. The list of processes is read
-again after each pass until no new process appears, so a holder that forks and exits while the scan runs is still seen,
-and a scope that keeps changing fails closed after ``MAX_SCAN_ROUNDS`` passes.
+again after each pass until no new process appears, so a holder that forks and exits
+while the scan runs is still seen, and a scope that keeps changing fails closed after
+``MAX_SCAN_ROUNDS`` passes.
 
 A scan cannot see a descriptor that sits in flight in an SCM_RIGHTS message (queued
 on a socket, not yet received), a holder outside the scope (another pod or service on
