@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.inspect",
     "agent.commands.manifest",
     "agent.commands.ca",
+    "agent.commands.explain",
+    "agent.commands.attest",
 )
 
 
