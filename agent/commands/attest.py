@@ -71,10 +71,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INVALID_MANIFEST: "the manifest breaks the schema",
     EXIT_EXPIRED: "the manifest's not_after has passed",
     EXIT_DIGEST: "the executable's SHA-256 is not in exe_sha256",
-    EXIT_POD_UID: (
-        "the pod UID is unknown or malformed, its sources disagree, it differs from "
-        "pod_uid, or the manifest has no pod_uid"
-    ),
+    EXIT_POD_UID: "the pod UID is missing, malformed or contradictory, or is not pod_uid",
 }
 
 POD_UID_VARIABLE = "POD_UID"
@@ -105,17 +102,18 @@ class PodUid:
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add the ``attest`` parser."""
-    codes = "; ".join(f"{code}: {text}" for code, text in EXIT_CODES.items())
+    codes = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
     parser = subparsers.add_parser(
         "attest",
         help="check a signed manifest, a binary and the pod UID (for init containers)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Verify FILE's detached signature, parse it strictly, and check that PATH's "
-            "SHA-256 is in exe_sha256 and that the pod UID (POD_UID, else "
-            "/proc/self/cgroup; both must agree when both are present) equals pod_uid. "
-            "A manifest without pod_uid fails. "
-            f"Exit status: {codes}."
+            "Verify the detached signature of FILE, parse FILE strictly, check that the\n"
+            "SHA-256 of PATH is in exe_sha256 and that the pod UID equals pod_uid.\n"
+            "The pod UID comes from POD_UID and from /proc/self/cgroup, which must agree\n"
+            "when both name a pod. A manifest without pod_uid fails."
         ),
+        epilog=f"exit status:\n{codes}",
     )
     parser.add_argument("--manifest", required=True, type=Path, metavar="FILE",
                         help="manifest JSON file")

@@ -8,8 +8,8 @@ Manifests that fail to load are listed with the reason, because the agent skips 
 Settings come from ``--config FILE`` (the agent's TOML file: manifests_dir,
 manifest_keys, trust_domain, state_dir, spiffe_id_template) with flags taking
 precedence. When no manifest key is configured, the agent trusts the development key
-``<state_dir>/dev-manifest.pub``, so this command does the same when ``--config`` is
-given and that file exists; otherwise it requires ``--manifest-key``.
+``<state_dir>/dev-manifest.pub``. This command uses that key too when ``--config`` is
+given and the file exists. Otherwise it requires ``--manifest-key``.
 
 Exit status: 0 when the process would get at least one identity, 1 when it would not
 (attestation failed or no manifest grants one), 2 for usage or configuration errors.
@@ -66,7 +66,7 @@ _CONFIG_ERRORS = (ConfigError, ManifestError, InvalidSpiffeIdError)
 
 @dataclass(frozen=True, slots=True)
 class ExplainSetup:
-    """What the command checks against: manifest directory, keys and parse settings.
+    """Inputs of the check: manifest directory, trusted keys and parse settings.
 
     ``development_key`` is true when the keys are the agent's generated development key.
     """
@@ -130,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run_explain(args: argparse.Namespace) -> int:
     """Explain the decision for ``args.pid`` and return 0 (granted), 1 (denied) or 2."""
-    # The verdicts below say why; the attestor's own warning would only repeat them.
+    # The report contains any denial, so the attestor's own warning would repeat it.
     log.configure("ERROR")
     try:
         setup = load_setup(args)
@@ -155,7 +155,10 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def load_setup(args: argparse.Namespace) -> ExplainSetup:
-    """Read the settings and load the trusted keys; raise a config or key error."""
+    """Read the settings and load the trusted keys.
+
+    Raises ConfigError, TrustedKeyError or InvalidSpiffeIdError for bad settings.
+    """
     overrides = {
         "manifests_dir": _absolute(args.manifests_dir),
         "manifest_keys": [_absolute(path) for path in args.manifest_keys or ()] or None,
