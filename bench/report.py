@@ -1,0 +1,91 @@
+"""Results as a console line per row, a markdown page fragment and a PNG chart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.stats import Row
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _verdict(row: Row) -> str:
+    if row.passed is None:
+        return ""
+    return "met" if row.passed else "missed"
+
+
+def text_line(row: Row) -> str:
+    floor = f"  floor {_number(row.floor)}" if row.floor is not None else ""
+    ratio = f"  ratio {row.ratio:.2f}" if row.ratio is not None else ""
+    target = f"  [{row.target}: {_verdict(row)}]" if row.target else ""
+    return f"   {row.name}: {_number(row.agent)} {row.unit}{floor}{ratio}{target}"
+
+
+def markdown(results: dict[str, Any], rows: Sequence[Row]) -> str:
+    """Return the machine facts and the results table as markdown."""
+    lines = [f"Mode: {results['mode']}, {results['seconds']} s in total.", ""]
+    lines += ["| machine | |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in results["machine"].items()]
+    lines += [
+        "",
+        "| section | measurement | agent | floor | ratio | target | result | note |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for row in rows:
+        ratio = f"{row.ratio:.2f}" if row.ratio is not None else ""
+        floor = f"{_number(row.floor)} {row.unit}" if row.floor is not None else ""
+        lines.append(
+            f"| {row.section} | {row.name} | {_number(row.agent)} {row.unit} | {floor} | "
+            f"{ratio} | {row.target} | {_verdict(row)} | {row.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: Sequence[Row], path: Path) -> Path | None:
+    """Draw agent/floor ratios against their targets; return None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart drawn (pip install matplotlib)")
+        return None
+
+    compared = [row for row in rows if row.ratio is not None]
+    if not compared:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 0.38 * len(compared) + 1.6))
+    names = [row.name for row in compared][::-1]
+    ratios = [row.ratio or 0.0 for row in compared][::-1]
+    colours = [
+        "#999999" if row.passed is None else "#2b8a3e" if row.passed else "#c92a2a"
+        for row in compared
+    ][::-1]
+    positions = range(len(compared))
+    ax.barh(positions, ratios, color=colours)
+    for position, row in zip(positions, compared[::-1], strict=True):
+        if row.limit is not None and row.floor:
+            allowed = (row.bound or 0.0) / row.floor
+            ax.plot([allowed, allowed], [position - 0.4, position + 0.4], color="black")
+    ax.axvline(1.0, color="#555555", linestyle=":", linewidth=1)
+    ax.set_yticks(list(positions), names, fontsize=8)
+    ax.set_xlabel("agent / floor, same run (black tick: target; green met, red missed, "
+                  "grey no target)", fontsize=8)
+    ax.set_title("attest-agent beside the cheapest implementation on the same machine",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
