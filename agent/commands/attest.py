@@ -68,7 +68,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "every check passed",
     EXIT_USAGE: "usage error, or an unreadable key, manifest or executable file",
     EXIT_SIGNATURE: "the signature file is missing or does not verify with the keys",
-    EXIT_INVALID_MANIFEST: "the manifest breaks the schema",
+    EXIT_INVALID_MANIFEST: "the manifest is invalid (it breaks the manifest schema)",
     EXIT_EXPIRED: "the manifest's not_after has passed",
     EXIT_DIGEST: "the executable's SHA-256 is not in exe_sha256",
     EXIT_POD_UID: "the pod UID is missing, malformed or contradictory, or is not pod_uid",
