@@ -17,9 +17,11 @@ File layout (every key optional)::
     jwt_svid_ttl = 300
     log_level = "INFO"
     spiffe_id_template = "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
-    health_address = "127.0.0.1:8081"
+    health_address = "127.0.0.1:8081"   # "" turns the HTTP health endpoint off
     max_connections = 4096
     reattest_interval = 30.0
+    audit_log = "-"                       # a file path, "-" for stdout, "" for none
+    admin_socket = "/tmp/attest-agent/state/admin/admin.sock"  # default: under state_dir
 
     [ca]
     cert = "/etc/attest-agent/ca/intermediate.pem"
@@ -38,8 +40,10 @@ from typing import Any
 
 from agent.errors import ConfigError
 from agent.spiffeid import InvalidSpiffeIdError, parse_trust_domain
+from agent.telemetry.errors import HealthAddressError
+from agent.telemetry.health import DEFAULT_HEALTH_ADDRESS, parse_health_address
 
-__all__ = ["DEFAULT_ROOT", "LOG_LEVELS", "Settings", "load_settings"]
+__all__ = ["AUDIT_TO_STDOUT", "DEFAULT_ROOT", "LOG_LEVELS", "Settings", "load_settings"]
 
 DEFAULT_ROOT = Path("/tmp/attest-agent")  # noqa: S108 - documented default location
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -50,6 +54,7 @@ _MAX_TTL_SECONDS = 30 * 24 * 3600
 _MIN_X509_TTL_SECONDS = 10
 _MIN_JWT_TTL_SECONDS = 10
 _MAX_CONNECTIONS_LIMIT = 1_000_000
+AUDIT_TO_STDOUT = "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,9 @@ class Settings:
     ``spiffe_id_template`` None means the manifest store's own default template.
     ``ca_cert``/``ca_key``/``ca_bundle`` None means a development CA kept in
     ``state_dir``. ``health_address`` None disables the HTTP health endpoint.
-    ``reattest_interval`` is in seconds; TTLs are in whole seconds.
+    ``reattest_interval`` is in seconds; TTLs are in whole seconds. ``audit_log`` is a
+    file path, ``"-"`` for stdout, or None for no audit log. ``admin_socket`` None
+    means ``<state_dir>/admin/admin.sock`` (see ``admin_socket_path``).
     """
 
     socket_path: Path = DEFAULT_ROOT / "public" / "api.sock"
@@ -74,14 +81,25 @@ class Settings:
     ca_cert: Path | None = None
     ca_key: Path | None = None
     ca_bundle: Path | None = None
-    health_address: str | None = None
+    health_address: str | None = DEFAULT_HEALTH_ADDRESS
     max_connections: int = 4096
     reattest_interval: float = 30.0
+    # Audit records go to stdout by default: the agent logs to stderr, so stdout carries
+    # only audit lines and a log collector can keep the two streams apart.
+    audit_log: str | None = AUDIT_TO_STDOUT
+    admin_socket: Path | None = None
 
     @property
     def internal_socket_path(self) -> Path:
         """Socket of the internal gRPC server, in a directory only the agent can enter."""
         return self.state_dir / "internal" / "grpc.sock"
+
+    @property
+    def admin_socket_path(self) -> Path:
+        """Socket of the root-only admin protocol (``attest-agent drift``)."""
+        if self.admin_socket is not None:
+            return self.admin_socket
+        return self.state_dir / "admin" / "admin.sock"
 
     @property
     def uses_development_ca(self) -> bool:
@@ -161,13 +179,16 @@ def _build(values: Mapping[str, Any], source: str) -> Settings:
         ca_cert=_optional_path(values, "ca_cert"),
         ca_key=_optional_path(values, "ca_key"),
         ca_bundle=_optional_path(values, "ca_bundle"),
-        health_address=_optional_str(values, "health_address"),
+        health_address=_health_address(values.get("health_address", defaults.health_address)),
         max_connections=_max_connections(values.get("max_connections", defaults.max_connections)),
         reattest_interval=_reattest_interval(
             values.get("reattest_interval", defaults.reattest_interval)
         ),
+        audit_log=_audit_log(values.get("audit_log", defaults.audit_log)),
+        admin_socket=_optional_path(values, "admin_socket"),
     )
-    _check_socket_path(settings.socket_path)
+    _check_socket_path("socket_path", settings.socket_path)
+    _check_socket_path("admin_socket", settings.admin_socket_path)
     _check_ca_files(settings, source)
     return settings
 
@@ -251,10 +272,37 @@ def _reattest_interval(value: object) -> float:
     return float(value)
 
 
-def _check_socket_path(path: Path) -> None:
+def _health_address(value: object) -> str | None:
+    # An empty string turns the endpoint off; None comes from Settings built in code.
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"health_address must be a string such as '127.0.0.1:8081', got {value!r}"
+        )
+    try:
+        parse_health_address(value)
+    except HealthAddressError as exc:
+        raise ConfigError(str(exc)) from exc
+    return value
+
+
+def _audit_log(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"audit_log must be a path string, '-' or '', got {value!r}")
+    if value != AUDIT_TO_STDOUT and not Path(value).is_absolute():
+        raise ConfigError(
+            f"audit_log must be an absolute path, '-' for stdout or '' for none, got {value!r}"
+        )
+    return value
+
+
+def _check_socket_path(name: str, path: Path) -> None:
     if len(str(path).encode()) > _MAX_SOCKET_PATH_BYTES:
         raise ConfigError(
-            f"socket_path {str(path)!r} is longer than {_MAX_SOCKET_PATH_BYTES} bytes, "
+            f"{name} {str(path)!r} is longer than {_MAX_SOCKET_PATH_BYTES} bytes, "
             "the limit for Unix socket addresses: choose a shorter path"
         )
 

@@ -31,6 +31,8 @@ class Reason(enum.StrEnum):
     EXE_HASH_MISMATCH = "exe_hash_mismatch"
     SELECTOR_MISMATCH = "selector_mismatch"
     MANIFEST_EXPIRED = "manifest_expired"
+    # Re-attestation of a caller that held an identity on an open stream failed.
+    IDENTITY_REVOKED = "identity_revoked"
 
 
 # Reasons that mean the agent could not attest the caller at all; the Workload API maps

@@ -6,8 +6,16 @@ Both the Workload API and the SDS servicers use an IdentityResolver. Callers mus
   and treat ``None`` as a caller the agent cannot pin (fail closed);
 - call ``resolve(conn)`` once per unary call, which re-attests the pinned process, so a
   recycled PID or a replaced executable fails closed on every call;
-- iterate ``watch(conn)`` in streams: it yields the full state at once and again after
-  every change, and yields a Denial as its last item when the caller loses its identity.
+- iterate ``watch(conn, api=...)`` in streams: it yields the full state at once and
+  again after every change, and yields a Denial as its last item when the caller loses
+  its identity. A caller that held an identity on the stream and then fails
+  re-attestation (it ran execve(), exited, or passed its socket on) gets a Denial with
+  reason IDENTITY_REVOKED, so services end the stream with PERMISSION_DENIED.
+
+Each attestation is counted in the optional Metrics, each decision is logged and
+audited once per connection (agent.decisions), and ``callers`` lists the connections
+with their latest decision for ``attest-agent drift``, which re-checks them with
+``recheck(conn)``.
 
 ``resolve`` and ``watch`` propagate the authority's CAError when minting fails, and
 raise ResolverClosedError once ``close()`` was called at shutdown. The services return
@@ -18,20 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from agent.admin.callers import CallerTable
 from agent.attest.evidence import Evidence
 from agent.ca import JwtBundle, X509Bundle, X509Svid
+from agent.decisions import DecisionRecorder
 from agent.denial import Denial, Reason
 from agent.errors import AgentError
-from agent.log import event
 from agent.manifests.identity import Identity
 from agent.notify import Notifier
 from agent.peer.connection import Connection
+from agent.telemetry.audit import AuditLog
+from agent.telemetry.metrics import Metrics, StreamApi
 
 __all__ = [
     "Attestor",
@@ -47,7 +58,9 @@ __all__ = [
     "X509Svid",
 ]
 
-logger = logging.getLogger(__name__)
+# What attestation and matching found: the evidence (None when attestation failed)
+# and the unexpired identities granted, or the denial.
+Match = tuple[Evidence | None, tuple[Identity, ...] | Denial]
 
 
 class PeerRegistry(Protocol):
@@ -129,6 +142,8 @@ class IdentityResolver:
         authority: Authority,
         *,
         reattest_interval: float = 30.0,
+        metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         if reattest_interval <= 0:
             raise ValueError(f"reattest_interval must be positive, got {reattest_interval}")
@@ -137,12 +152,20 @@ class IdentityResolver:
         self._store = store
         self._authority = authority
         self._reattest_interval = reattest_interval
+        self._metrics = metrics
+        self._recorder = DecisionRecorder(audit)
         self._closed = asyncio.Event()
+        self.callers = CallerTable()
 
     @property
     def authority(self) -> Authority:
         """The CA, for services that mint or validate JWT-SVIDs."""
         return self._authority
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """The agent's metrics, for services that count protocol events (SDS NACKs)."""
+        return self._metrics
 
     def close(self) -> None:
         """Stop issuing: pending and later ``resolve``/``watch`` calls raise ResolverClosedError."""
@@ -154,42 +177,58 @@ class IdentityResolver:
 
     async def resolve(self, conn: Connection) -> CallerState | Denial:
         """Attest the caller, match manifests and return its state or the denial; logs it."""
-        outcome = await self._evaluate(conn)
-        _log_decision(conn, outcome, previous=None)
+        evidence, outcome = await self._evaluate(conn)
+        self._record(conn, evidence, outcome)
         return outcome
 
-    async def watch(self, conn: Connection) -> AsyncIterator[CallerState | Denial]:
+    async def watch(
+        self, conn: Connection, *, api: StreamApi = "workload_api"
+    ) -> AsyncIterator[CallerState | Denial]:
         """Yield the caller's state now and after each change; a Denial ends the watch.
 
         The watch wakes on manifest changes, CA changes, the SVID's refresh time, the
         earliest manifest expiry and every ``reattest_interval`` seconds, and yields only
         when the state differs from the last one yielded. It ends without a Denial when
-        the connection closes.
+        the connection closes. ``api`` names the stream's API in the open-streams count.
         """
-        previous: CallerState | None = None
-        while not conn.closed:
-            # Read the versions before resolving so a change during resolve is not lost.
-            seen_store = self._store.notifier.version
-            seen_ca = self._authority.notifier.version
-            outcome = await self._evaluate(conn)
-            if conn.closed:
-                return
-            if isinstance(outcome, Denial):
-                _log_decision(conn, outcome, previous=previous)
-                yield outcome
-                return
-            if previous is None or outcome.fingerprint() != previous.fingerprint():
-                _log_decision(conn, outcome, previous=previous)
-                previous = outcome
-                yield outcome
-            await self._wait_for_change(seen_store, seen_ca, self._wake_delay(outcome))
+        opened = self._metrics.open_stream(api) if self._metrics else contextlib.nullcontext()
+        with self.callers.stream(conn, api), opened:
+            previous: CallerState | None = None
+            while not conn.closed:
+                # Read the versions before resolving so a change during resolve is not lost.
+                seen_store = self._store.notifier.version
+                seen_ca = self._authority.notifier.version
+                evidence, outcome = await self._evaluate(conn)
+                if conn.closed:
+                    return
+                self._record(conn, evidence, outcome)
+                if isinstance(outcome, Denial):
+                    yield outcome if previous is None else _revocation(outcome)
+                    return
+                if previous is None or outcome.fingerprint() != previous.fingerprint():
+                    previous = outcome
+                    yield outcome
+                await self._wait_for_change(seen_store, seen_ca, self._wake_delay(outcome))
 
-    async def _evaluate(self, conn: Connection) -> CallerState | Denial:
+    async def recheck(self, conn: Connection) -> Match:
+        """Attest and match ``conn`` now, without issuing, recording or counting anything."""
         if self._closed.is_set():
             raise ResolverClosedError
-        evidence = await self._attestor.attest(conn)
-        if isinstance(evidence, Denial):
-            return evidence
+        attested = await self._attestor.attest(conn)
+        if isinstance(attested, Denial):
+            return None, attested
+        return attested, self._match(attested)
+
+    def _record(
+        self, conn: Connection, evidence: Evidence | None, outcome: CallerState | Denial
+    ) -> None:
+        record = self.callers.record(conn)
+        if isinstance(outcome, Denial):
+            self._recorder.denied(record, outcome, evidence)
+        else:
+            self._recorder.granted(record, outcome)
+
+    def _match(self, evidence: Evidence) -> tuple[Identity, ...] | Denial:
         matched = self._store.match(evidence)
         if isinstance(matched, Denial):
             return matched
@@ -200,6 +239,25 @@ class IdentityResolver:
                 "every manifest that granted the caller an identity has expired",
                 pid=evidence.pid,
             )
+        return current
+
+    async def _evaluate(self, conn: Connection) -> tuple[Evidence | None, CallerState | Denial]:
+        """Attest, match and issue; the attestation is counted once, minting excluded."""
+        if self._closed.is_set():
+            raise ResolverClosedError
+        started = time.perf_counter()
+        attested = await self._attestor.attest(conn)
+        matched = attested if isinstance(attested, Denial) else self._match(attested)
+        if self._metrics is not None:
+            denial = matched if isinstance(matched, Denial) else None
+            self._metrics.observe_attestation(denial, time.perf_counter() - started)
+        if isinstance(attested, Denial):
+            return None, attested
+        if isinstance(matched, Denial):
+            return attested, matched
+        return attested, await self._issue(attested, matched)
+
+    async def _issue(self, evidence: Evidence, current: tuple[Identity, ...]) -> CallerState:
         held = []
         for identity in current:
             svid = await self._authority.get_x509_svid(
@@ -254,61 +312,18 @@ def _unexpired(identities: Sequence[Identity], now: datetime) -> tuple[Identity,
     )
 
 
-def _log_decision(
-    conn: Connection, outcome: CallerState | Denial, *, previous: CallerState | None
-) -> None:
-    if isinstance(outcome, Denial):
-        if previous is not None:
-            for spiffe_id in previous.spiffe_ids:
-                event(
-                    logger,
-                    logging.WARNING,
-                    "identity revoked",
-                    pid=conn.pid,
-                    conn_id=conn.conn_id,
-                    spiffe_id=spiffe_id,
-                    reason=outcome.reason,
-                    detail=outcome.message,
-                )
-            return
-        event(
-            logger,
-            logging.WARNING,
-            "identity denied",
-            pid=conn.pid,
-            conn_id=conn.conn_id,
-            reason=outcome.reason,
-            detail=outcome.message,
-        )
-        return
-    previous_serials = (
-        {held.identity.spiffe_id: held.svid.serial for held in previous.identities}
-        if previous is not None
-        else {}
+def _revocation(denial: Denial) -> Denial:
+    """Return the denial that ends a stream whose caller held an identity until now.
+
+    A failed re-attestation after a grant means the process behind the connection is no
+    longer the one that was granted (execve(), exit, socket passed on). Services map
+    attestation failures to UNAVAILABLE, which invites a retry, so the stream ends with
+    a revocation reason, which they map to PERMISSION_DENIED.
+    """
+    if not denial.is_attestation_failure:
+        return denial
+    return Denial(
+        Reason.IDENTITY_REVOKED,
+        f"identity revoked after re-attestation failed ({denial.reason}): {denial.message}",
+        pid=denial.pid,
     )
-    for held in outcome.identities:
-        if previous_serials.get(held.identity.spiffe_id) == held.svid.serial:
-            continue
-        event(
-            logger,
-            logging.INFO,
-            "identity issued",
-            pid=conn.pid,
-            conn_id=conn.conn_id,
-            exe_sha256=outcome.evidence.exe_sha256,
-            spiffe_id=held.identity.spiffe_id,
-            serial=held.svid.serial,
-            not_after=held.svid.not_after.isoformat(),
-            reason="renewed" if held.identity.spiffe_id in previous_serials else "matched",
-        )
-    if previous is not None:
-        for spiffe_id in previous_serials.keys() - set(outcome.spiffe_ids):
-            event(
-                logger,
-                logging.WARNING,
-                "identity revoked",
-                pid=conn.pid,
-                conn_id=conn.conn_id,
-                spiffe_id=spiffe_id,
-                reason="manifest_removed",
-            )

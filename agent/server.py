@@ -9,6 +9,10 @@ grpc.aio server on an internal socket in a 0700 directory; the services register
 that server resolve callers through one IdentityResolver (Attestor -> ManifestStore ->
 Authority). Other packages add services by appending an ``add_to_server(server,
 resolver)`` function to SERVICE_HOOKS before ``run`` is called.
+
+Operations (agent.server_telemetry): grpc.health.v1 on the agent socket, /live, /ready
+and /metrics on ``health_address``, the audit log, READY=1 and STOPPING=1 to systemd,
+and the root-only admin socket that serves ``attest-agent drift``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent import sds, workload_api
+from agent.admin.server import AdminServer
 from agent.attest.attestor import Attestor
 from agent.ca import Authority, CASettings
 from agent.config import Settings
@@ -36,6 +41,7 @@ from agent.log import event
 from agent.manifests import ManifestStore, load_trusted_keys
 from agent.peer.frontdoor import FrontDoor
 from agent.peer.sockets import prepare_public_socket
+from agent.server_telemetry import AgentTelemetry, CountingAuthority
 
 __all__ = ["SERVICE_HOOKS", "Agent", "ServiceHook", "run"]
 
@@ -43,8 +49,8 @@ logger = logging.getLogger(__name__)
 
 ServiceHook = Callable[[Any, IdentityResolver], None]
 
-# gRPC services served on the agent socket. The SDS servicer and the grpc.health.v1
-# service register here; every hook gets the grpc.aio server and the resolver.
+# gRPC services served on the agent socket; every hook gets the grpc.aio server and the
+# resolver. The agent adds grpc.health.v1 itself, after these.
 SERVICE_HOOKS: list[ServiceHook] = [workload_api.add_to_server, sds.add_to_server]
 
 # Streams get this long to end after SIGTERM; the rest of the shutdown fits in the 5 s
@@ -71,6 +77,8 @@ class Agent:
         self._resolver: IdentityResolver | None = None
         self._server: Any = None
         self._front_door: FrontDoor | None = None
+        self._telemetry: AgentTelemetry | None = None
+        self._admin: AdminServer | None = None
         self._bound_internal = False
 
     async def start(self) -> None:
@@ -89,6 +97,8 @@ class Agent:
         _make_directory(settings.state_dir, _PRIVATE_DIR_MODE)
         _make_directory(settings.internal_socket_path.parent, _PRIVATE_DIR_MODE)
         _make_directory(settings.manifests_dir, _PRIVATE_DIR_MODE)
+        # First, so that a bad audit_log path fails the start before any other work.
+        self._telemetry = telemetry = AgentTelemetry(settings)
 
         self._authority = Authority(_ca_settings(settings))
         await self._authority.start()
@@ -107,11 +117,19 @@ class Agent:
             self._front_door.registry,
             Attestor(),
             self._store,
-            self._authority,
+            CountingAuthority(self._authority, telemetry.metrics),
             reattest_interval=settings.reattest_interval,
+            metrics=telemetry.metrics,
+            audit=telemetry.audit,
         )
-        await self._start_grpc(self._resolver)
+        await telemetry.start(self._authority, self._store, self._resolver.callers)
+        await self._start_grpc(self._resolver, telemetry)
+        self._admin = AdminServer(
+            settings.admin_socket_path, self._resolver.callers, self._resolver.recheck
+        )
+        await self._admin.start()
         await self._front_door.start()
+        await telemetry.serving()
         event(
             logger,
             logging.INFO,
@@ -123,12 +141,12 @@ class Agent:
             count=len(trusted_keys),
         )
 
-    async def _start_grpc(self, resolver: IdentityResolver) -> None:
+    async def _start_grpc(self, resolver: IdentityResolver, telemetry: AgentTelemetry) -> None:
         internal = self.settings.internal_socket_path
         with contextlib.suppress(FileNotFoundError):
             internal.unlink()
         server = grpc.aio.server()
-        for hook in self._hooks:
+        for hook in (*self._hooks, telemetry.add_grpc_health):
             hook(server, resolver)
         server.add_insecure_port(f"unix:{internal}")
         self._server = server
@@ -145,6 +163,9 @@ class Agent:
 
     async def stop(self) -> None:
         """Drain streams, stop serving and remove the sockets; safe to call more than once."""
+        if self._telemetry is not None:
+            # NOT_SERVING and STOPPING=1 first, so probes and systemd see the drain.
+            await self._telemetry.stopping()
         if self._resolver is not None:
             # Open streams end with UNAVAILABLE, so clients reconnect to the next agent.
             self._resolver.close()
@@ -154,12 +175,18 @@ class Agent:
         if self._front_door is not None:
             await self._front_door.close()
             self._front_door = None
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
         if self._store is not None:
             await self._store.close()
             self._store = None
         if self._authority is not None:
             await self._authority.close()
             self._authority = None
+        if self._telemetry is not None:
+            await self._telemetry.close()
+            self._telemetry = None
         if self._bound_internal:
             # The front door removed the public socket; a start that failed early must not
             # remove a socket that another agent serves.

@@ -39,6 +39,7 @@ from agent.sds.errors import (
     UnknownResourceError,
 )
 from agent.sds.protocol import DeltaSession, SotwSession
+from agent.telemetry.metrics import Metrics, StreamApi
 
 __all__ = ["Resolver", "SecretDiscoveryService"]
 
@@ -48,9 +49,13 @@ logger = logging.getLogger(__name__)
 class Resolver(Protocol):
     """The part of agent.identities.IdentityResolver that SDS uses."""
 
+    @property
+    def metrics(self) -> Metrics | None: ...
     def connection_for(self, grpc_peer: str) -> Connection | None: ...
     async def resolve(self, conn: Connection) -> CallerState | Denial: ...
-    def watch(self, conn: Connection) -> AsyncIterator[CallerState | Denial]: ...
+    def watch(
+        self, conn: Connection, *, api: StreamApi = ...
+    ) -> AsyncIterator[CallerState | Denial]: ...
 
 
 class _Kind(enum.Enum):
@@ -142,7 +147,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
         events: asyncio.Queue[_Event] = asyncio.Queue()
         tasks = [
             asyncio.create_task(_pump_requests(requests, events)),
-            asyncio.create_task(_pump_states(self._resolver.watch(conn), events)),
+            asyncio.create_task(_pump_states(self._resolver.watch(conn, api="sds"), events)),
         ]
         try:
             while True:
@@ -153,6 +158,8 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
                     await _abort_failed(context, fields, item)
                 if isinstance(item, Denial):
                     await _abort_denied(context, item)
+                if kind is _Kind.REQUEST and self._resolver.metrics is not None:
+                    _count_nack(self._resolver.metrics, item)
                 try:
                     response = _apply(session, kind, item)
                 except SecretEncodingError as err:
@@ -199,6 +206,13 @@ async def _pump_states(
         await events.put((_Kind.FAILED, err))
         return
     await events.put((_Kind.WATCH_ENDED, None))
+
+
+def _count_nack(metrics: Metrics, request: object) -> None:
+    # Both request types mark a NACK with error_detail; the session logs it.
+    requests = (discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest)
+    if isinstance(request, requests) and request.HasField("error_detail"):
+        metrics.sds_nack()
 
 
 def _log_fields(conn: Connection, method: str) -> dict[str, object]:

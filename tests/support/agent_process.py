@@ -92,6 +92,8 @@ def agent_files(
             f'trust_domain = "{trust_domain}"\n'
             f"x509_svid_ttl = {x509_svid_ttl}\n"
             'log_level = "DEBUG"\n'
+            # Port 0: agents of parallel tests must not compete for the default 8081.
+            + ("" if "health_address" in extra_config else 'health_address = "127.0.0.1:0"\n')
             + extra_config
         )
         yield files

@@ -97,6 +97,8 @@ def running_agent(
         f'trust_domain = "{trust_domain}"\n'
         f"reattest_interval = {reattest_interval}\n"
         'log_level = "DEBUG"\n'
+        # Port 0: agents of parallel tests must not compete for the default 8081.
+        'health_address = "127.0.0.1:0"\n'
     )
 
     log_path = work_dir / "agent.log"

@@ -193,6 +193,7 @@ class FakeResolver:
         self.connection.closed = False
         self._queues: list[object] = []
         self.peers: list[str] = []
+        self.metrics = None
 
     def connection_for(self, grpc_peer: str) -> Connection | None:
         self.peers.append(grpc_peer)
@@ -211,7 +212,9 @@ class FakeResolver:
         for queue in self._queues:
             queue.put_nowait(item)  # type: ignore[attr-defined]
 
-    async def watch(self, conn: Connection) -> AsyncIterator[CallerState | Denial]:
+    async def watch(
+        self, conn: Connection, *, api: str = "workload_api"
+    ) -> AsyncIterator[CallerState | Denial]:
         import asyncio
 
         queue: asyncio.Queue[CallerState | Denial] = asyncio.Queue()
