@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.ca",
     "agent.commands.explain",
     "agent.commands.attest",
+    "agent.commands.drift",
 )
 
 
