@@ -363,6 +363,13 @@ def test_explain_usage_errors(
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("pid", ["0", "-4", "web"])
+def test_explain_invalid_pid(pid: str) -> None:
+    result = explain("--pid", pid)
+    assert result.returncode == 2
+    assert f"invalid pid {pid!r}: use a positive process id" in result.stderr
+
+
 def test_explain_requires_pid() -> None:
     result = explain("--json")
     assert result.returncode == 2

@@ -116,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "or configuration errors."
         ),
     )
-    parser.add_argument("--pid", type=int, required=True, help="process id to explain")
+    parser.add_argument("--pid", type=_pid, required=True, help="process id to explain")
     parser.add_argument("--config", type=Path, help="the agent's TOML config file")
     parser.add_argument("--manifests-dir", type=Path, help="directory of signed manifests")
     parser.add_argument(
@@ -126,6 +126,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--trust-domain", help="trust domain (default: cluster.local)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run_explain)
+
+
+def _pid(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise argparse.ArgumentTypeError(f"invalid pid {text!r}: use a positive process id")
+    return pid
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -295,7 +305,8 @@ def render_text(
 ) -> str:
     """Return the human-readable report: evidence, one line per manifest, decision."""
     lines = _evidence_lines(pid, result)
-    lines.append(f"manifests in {setup.manifests_dir} ({len(rows)} files)")
+    files = "file" if len(rows) == 1 else "files"
+    lines.append(f"manifests in {setup.manifests_dir} ({len(rows)} {files})")
     lines.append("trusted keys: " + ", ".join(_key_text(setup, key) for key in setup.keys))
     lines.extend(_row_text(row) for row in rows)
     lines.append(_decision_text(decision))
