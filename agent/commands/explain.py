@@ -227,7 +227,8 @@ def load_manifests(setup: ExplainSetup) -> tuple[list[ManifestRow], list[Manifes
 
 
 def _load_file(setup: ExplainSetup, files: ManifestFiles) -> Manifest:
-    # The same steps, in the same order, as ManifestStore._load_file and _verify_and_parse.
+    # TODO: ManifestStore does not expose per-file load errors, so this repeats the steps
+    # of its _load_file and _verify_and_parse, in the same order; keep the two in step.
     name = files.name
     manifest_path = check_inside(setup.manifests_dir, files.manifest, name)
     if files.signature.real_path is None:
