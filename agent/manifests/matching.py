@@ -87,12 +87,29 @@ def match_manifests(
     come out ordered by the smallest file name among their manifests (``manifests`` is
     sorted by file name first), so the first identity, the caller's default, is stable.
     """
-    ordered = sorted(manifests, key=lambda manifest: manifest.file)
-    verdicts = explain_manifests(ordered, evidence, now)
-    granting = [m for m, v in zip(ordered, verdicts, strict=True) if v.matched]
+    moment = now or datetime.now(UTC)
+    # Every call and stream wake runs this on the event loop, against every manifest on
+    # the node: grant without building the verdict texts, which only a denial needs.
+    granting = sorted(
+        (manifest for manifest in manifests if _grants(manifest, evidence, moment)),
+        key=lambda manifest: manifest.file,
+    )
     if granting:
         return _merge(granting)
-    return _deny(verdicts, evidence)
+    ordered = sorted(manifests, key=lambda manifest: manifest.file)
+    return _deny(explain_manifests(ordered, evidence, moment), evidence)
+
+
+def _grants(manifest: Manifest, evidence: Evidence, now: datetime) -> bool:
+    """Tell whether ``evaluate`` would match: the same checks, without the detail text."""
+    return (
+        (manifest.pod_uid is None or manifest.pod_uid == evidence.pod_uid)
+        and (manifest.systemd_unit is None or manifest.systemd_unit == evidence.systemd_unit)
+        and (manifest.uid is None or manifest.uid == evidence.uid)
+        and (manifest.container_id is None or manifest.container_id == evidence.container_id)
+        and evidence.exe_sha256.lower() in manifest.exe_sha256
+        and not manifest.is_expired(now)
+    )
 
 
 def _placement_mismatch(manifest: Manifest, evidence: Evidence) -> tuple[Reason, str] | None:
