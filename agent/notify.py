@@ -1,6 +1,6 @@
 """Versioned change notification for asyncio subscribers.
 
-A Notifier holds a version number that grows by one on every change. A subscriber
+A Notifier stores a version number that grows by one on every change. A subscriber
 remembers the last version it handled and awaits ``wait_for_change(seen)``, which
 returns at once if the version has already moved on, so no change is ever missed
 between two waits. Call ``notify()`` from the event loop thread only.
