@@ -35,8 +35,9 @@ from agent.attest.errors import (
     ProcUnreadableError,
 )
 from agent.attest.evidence import Evidence
+from agent.attest.fairness import PerKeyLimiter
 from agent.attest.hashing import ExeDigest, ExeHasher, HashCacheStats
-from agent.attest.holders import check_socket_holders
+from agent.attest.holders import HolderScanner
 from agent.attest.procfs import (
     ProcessIds,
     read_cgroup_text,
@@ -49,6 +50,9 @@ from agent.peer.connection import Connection
 from agent.peer.process import pidfd_exited
 
 logger = logging.getLogger(__name__)
+
+# Attestations of one process that may run at once; more wait so other callers go first.
+MAX_JOBS_PER_PROCESS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,8 @@ class Attestor:
         cgroup_root: Path = Path("/sys/fs/cgroup"),
     ) -> None:
         self._proc_root = proc_root
-        self._cgroup_root = cgroup_root
+        self._holders = HolderScanner(proc_root, cgroup_root)
+        self._fairness = PerKeyLimiter(MAX_JOBS_PER_PROCESS)
         self._hasher = ExeHasher(proc_root, cache_size=cache_size, max_exe_size=max_exe_size)
 
     @property
@@ -137,12 +142,19 @@ class Attestor:
         return await self._run_collect(pin, pin_in_thread=True)
 
     async def _run_collect(self, pin: _Pin, *, pin_in_thread: bool) -> Evidence | Denial:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, self._collect_or_deny, pin, pin_in_thread)
-        # The pidfd is closed only when the thread is done with it. shield keeps the
-        # thread's future alive if the caller is cancelled, so the close still waits.
-        future.add_done_callback(lambda _: os.close(pin.pidfd))
-        result = await asyncio.shield(future)
+        submitted = False
+        try:
+            async with self._fairness.slot(pin.pid):
+                loop = asyncio.get_running_loop()
+                future = loop.run_in_executor(None, self._collect_or_deny, pin, pin_in_thread)
+                submitted = True
+                # The pidfd is closed only when the thread is done with it. shield keeps
+                # the thread's future alive if the caller is cancelled, so the close waits.
+                future.add_done_callback(lambda _: os.close(pin.pidfd))
+                result = await asyncio.shield(future)
+        finally:
+            if not submitted:
+                os.close(pin.pidfd)  # cancelled while waiting for a slot
         if isinstance(result, Denial):
             return _deny(result)
         event(
@@ -184,9 +196,7 @@ class Attestor:
         exe = self._hasher.digest(pin.pid)
         check_same_exe(pin, exe)
         if pin.client_inode is not None:
-            check_socket_holders(
-                pin.pid, pin.client_inode, cgroup_text, self._proc_root, self._cgroup_root
-            )
+            self._holders.check(pin.pid, pin.client_inode, cgroup_text)
         self._recheck(pin, ids)
         return Evidence(
             pid=pin.pid,

@@ -3,10 +3,16 @@
 Threat: a process connects, keeps a copy of the connection elsewhere (a forked child
 inherits it, or SCM_RIGHTS hands it to another process), and then the pinned process
 execs a binary that a manifest trusts. Whoever holds a copy reads the SVID that the
-agent sends. ``check_socket_holders`` therefore requires that the pinned process
+agent sends. ``HolderScanner.check`` therefore requires that the pinned process
 holds the client end itself and that no other process in the caller's cgroup scope
 does. It raises SocketHolderError (SOCKET_NOT_HELD or SOCKET_SHARED) or an
 AttestationError when /proc or cgroupfs cannot be read, and returns what it scanned.
+It blocks, so call it from a worker thread; one scanner serves all threads.
+
+Cost: a scan reads every fd table in the scope. Attestations that wait for the same
+scope share one scan, which starts after all of them arrived, so a burst of callers
+from one pod costs a few scans instead of one per caller. A shared scan is as fresh
+as a private one would be: it starts after the request that uses it.
 
 Scope: for a caller in a Kubernetes pod, every process below the pod's cgroup (all its
 containers); otherwise the processes of the caller's own cgroup. The directories are
@@ -28,7 +34,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +52,8 @@ _GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 # LSM denial. With CAP_SYS_PTRACE in the host user namespace no workload is skipped.
 _SKIPPED_ERRNOS = _GONE_ERRNOS | {errno.EACCES, errno.EPERM}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_SOCKET_LINK_PREFIX = "socket:["
+_LINK_PREFIX_LENGTH = len(_SOCKET_LINK_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,76 +66,161 @@ class ScopeDir:
 
 @dataclass(frozen=True, slots=True)
 class HolderScan:
-    """The outcome of a passing scan: how many fd tables were read, and in which scope."""
+    """The outcome of a passing check: how many fd tables the scan read, and its scope."""
 
     scanned: int
     scope: str  # "cgroup" or "node"
 
 
-def check_socket_holders(
-    pid: int, inode: int, cgroup_text: str, proc_root: Path, cgroup_root: Path
-) -> HolderScan:
-    """Raise unless ``pid`` is the only process in its scope holding socket ``inode``."""
-    link = f"socket:[{inode}]"
-    if not _holds(pid, link, proc_root, pinned=True):
-        raise SocketHolderError(
-            Reason.SOCKET_NOT_HELD,
-            f"process {pid} does not hold the client end of its connection (socket "
-            f"inode {inode}): it closed it or handed it to another process",
-            pid=pid,
-        )
-    scope_dirs = cgroup_scope(cgroup_text, cgroup_root)
-    if scope_dirs:
-        return _scan(pid, link, lambda: pids_in_cgroups(scope_dirs), proc_root, "cgroup")
-    return _scan(pid, link, lambda: all_pids(proc_root), proc_root, "node")
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """Socket inode -> pids holding it, over every process of one scope."""
+
+    holders: dict[int, frozenset[int]]
+    scanned: int
 
 
-def _scan(
-    pid: int, link: str, list_pids: Callable[[], set[int]], proc_root: Path, scope: str
-) -> HolderScan:
-    scanned = {pid}
+@dataclass(slots=True)
+class _ScopeState:
+    """Scans of one scope: how many started and finished, and the last outcome."""
+
+    users: int = 0
+    started: int = 0
+    finished: int = 0
+    running: bool = False
+    outcome: _Index | ProcUnreadableError | None = None
+
+
+class HolderScanner:
+    """Checks socket holders; concurrent checks of one scope share a fresh scan."""
+
+    def __init__(self, proc_root: Path, cgroup_root: Path) -> None:
+        self._proc_root = proc_root
+        self._cgroup_root = cgroup_root
+        self._lock = threading.Condition()
+        self._scopes: dict[tuple[object, ...], _ScopeState] = {}
+
+    def check(self, pid: int, inode: int, cgroup_text: str) -> HolderScan:
+        """Raise unless ``pid`` is the only process in its scope holding socket ``inode``."""
+        if inode not in socket_inodes(pid, self._proc_root, pinned=True):
+            raise SocketHolderError(
+                Reason.SOCKET_NOT_HELD,
+                f"process {pid} does not hold the client end of its connection (socket "
+                f"inode {inode}): it closed it or handed it to another process",
+                pid=pid,
+            )
+        scope_dirs = cgroup_scope(cgroup_text, self._cgroup_root)
+        if scope_dirs:
+            key: tuple[object, ...] = tuple(scope_dirs)
+            index = self._fresh_index(key, lambda: pids_in_cgroups(scope_dirs), "cgroup")
+        else:
+            key = ("node",)
+            index = self._fresh_index(key, lambda: all_pids(self._proc_root), "node")
+        others = index.holders.get(inode, frozenset()) - {pid}
+        if others:
+            raise _shared(pid, inode, others)
+        return HolderScan(scanned=index.scanned, scope="cgroup" if scope_dirs else "node")
+
+    def _fresh_index(
+        self, key: tuple[object, ...], list_pids: Callable[[], set[int]], scope: str
+    ) -> _Index:
+        """Return the index of a scan of ``key`` that started after this call began."""
+        with self._lock:
+            state = self._scopes.setdefault(key, _ScopeState())
+            state.users += 1
+            try:
+                needed = state.started + 1
+                while state.finished < needed:
+                    if state.running:
+                        self._lock.wait()
+                    else:
+                        self._run_scan(state, list_pids, scope)
+                outcome = state.outcome
+            finally:
+                state.users -= 1
+                if state.users == 0:
+                    del self._scopes[key]  # drop the index once nobody waits for it
+        if isinstance(outcome, _Index):
+            return outcome
+        message = outcome.message if outcome is not None else "the scan ended without a result"
+        raise ProcUnreadableError(message, pid=None, path=str(self._proc_root))
+
+    def _run_scan(
+        self, state: _ScopeState, list_pids: Callable[[], set[int]], scope: str
+    ) -> None:
+        # Called with the lock held; the scan itself runs without it.
+        state.running = True
+        state.started += 1
+        number = state.started
+        outcome: _Index | ProcUnreadableError
+        self._lock.release()
+        try:
+            outcome = _scan(list_pids, self._proc_root, scope)
+        except ProcUnreadableError as exc:
+            outcome = exc
+        finally:
+            self._lock.acquire()
+            state.running = False
+            self._lock.notify_all()
+        state.outcome = outcome
+        state.finished = number
+
+
+def _scan(list_pids: Callable[[], set[int]], proc_root: Path, scope: str) -> _Index:
+    holders: dict[int, set[int]] = {}
+    scanned: set[int] = set()
     for _ in range(MAX_SCAN_ROUNDS):
         new = list_pids() - scanned
         if not new:
-            return HolderScan(scanned=len(scanned), scope=scope)
-        others = {other for other in new if _holds(other, link, proc_root, pinned=False)}
-        if others:
-            raise _shared(pid, link, others)
+            frozen = {inode: frozenset(pids) for inode, pids in holders.items()}
+            return _Index(holders=frozen, scanned=len(scanned))
+        for other in new:
+            for inode in socket_inodes(other, proc_root, pinned=False):
+                holders.setdefault(inode, set()).add(other)
         scanned |= new
     raise ProcUnreadableError(
-        f"processes in the {scope} scope of process {pid} kept appearing during "
-        f"{MAX_SCAN_ROUNDS} descriptor scans; cannot prove it holds its connection alone",
-        pid=pid,
+        f"processes in the {scope} scope kept appearing during {MAX_SCAN_ROUNDS} "
+        "descriptor scans; cannot prove that a caller holds its connection alone",
+        pid=None,
         path=str(proc_root),
     )
 
 
-def _shared(pid: int, link: str, others: set[int]) -> SocketHolderError:
+def _shared(pid: int, inode: int, others: frozenset[int]) -> SocketHolderError:
     shown = ", ".join(str(other) for other in sorted(others)[:_MAX_PIDS_IN_MESSAGE])
     return SocketHolderError(
         Reason.SOCKET_SHARED,
-        f"the client end of the connection of process {pid} ({link}) is also held by "
-        f"process {shown}",
+        f"the client end of the connection of process {pid} (socket:[{inode}]) is also "
+        f"held by process {shown}",
         pid=pid,
-        holders=frozenset(others),
+        holders=others,
     )
 
 
-def _holds(pid: int, link: str, proc_root: Path, *, pinned: bool) -> bool:
+def socket_inodes(pid: int, proc_root: Path, *, pinned: bool) -> set[int]:
+    """Return the inodes of the sockets in the fd table of ``pid``.
+
+    For the pinned process every error is raised. Other processes count as holding
+    nothing when they exited since they were listed or their fd table is unreadable.
+    """
     fd_dir = proc_root / str(pid) / "fd"
     try:
         dir_fd = os.open(fd_dir, _DIR_FLAGS)
     except OSError as exc:
         if not pinned and exc.errno in _SKIPPED_ERRNOS:
-            return False
+            return set()
         raise translate_os_error(exc, pid, fd_dir) from exc
     try:
-        return any(target == link for target in _fd_targets(pid, dir_fd, fd_dir, pinned))
+        return {
+            int(target[_LINK_PREFIX_LENGTH:-1])
+            for target in _fd_targets(pid, dir_fd, fd_dir, pinned)
+            if target.startswith(_SOCKET_LINK_PREFIX)
+        }
     finally:
         os.close(dir_fd)
 
 
-def _fd_targets(pid: int, dir_fd: int, fd_dir: Path, pinned: bool) -> Iterable[str]:
+def _fd_targets(pid: int, dir_fd: int, fd_dir: Path, pinned: bool) -> Iterator[str]:
     try:
         names = os.listdir(dir_fd)
     except OSError as exc:
