@@ -76,7 +76,9 @@ class FrontDoor:
         raise_open_file_limit(self.max_connections * FDS_PER_CONNECTION)
         try:
             self._server = await asyncio.start_unix_server(
-                self._on_accept, path=str(self.public_path)
+                self._on_accept,
+                path=str(self.public_path),
+                backlog=min(self.max_connections, socket.SOMAXCONN),
             )
             os.chmod(self.public_path, PUBLIC_SOCKET_MODE)
             self._socket_inode = os.stat(self.public_path).st_ino
