@@ -20,7 +20,7 @@ import signal
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ import pytest
 from agent.attest import attestor as attestor_module
 from agent.attest.attestor import Attestor
 from agent.attest.evidence import Evidence
-from agent.attest.holders import check_socket_holders
+from agent.attest.holders import HolderScan, HolderScanner
 from agent.denial import Denial
 from agent.peer.connection import Connection
 from agent.peer.frontdoor import FrontDoor
@@ -166,7 +166,7 @@ def disable(monkeypatch: pytest.MonkeyPatch, defenses: tuple[str, ...]) -> None:
     if "exec" in defenses:
         monkeypatch.setattr(attestor_module, "check_same_exe", lambda pin, exe: None)
     if "holders" in defenses:
-        monkeypatch.setattr(attestor_module, "check_socket_holders", lambda *args: None)
+        monkeypatch.setattr(HolderScanner, "check", lambda *args: None)
 
 
 def kill_quietly(pid: int) -> None:
@@ -240,11 +240,11 @@ async def test_socket_copy_attack(
         assert "ran execve() after connecting" in result.message
 
 
-def time_per_call(function: object, rounds: int) -> float:
+def time_per_call(function: Callable[[], object], rounds: int) -> float:
     samples = []
     for _ in range(rounds):
         start = time.perf_counter()
-        function()  # type: ignore[operator]
+        function()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples) * 1000
 
@@ -276,15 +276,14 @@ async def test_holder_scan_cost(
         no_cgroupfs = work_dir / "no-cgroupfs"
         no_cgroupfs.mkdir()
 
-        def cgroup_scope() -> object:
-            return check_socket_holders(
-                client.pid, inode, cgroup_text, Path("/proc"), Path("/sys/fs/cgroup")
-            )
+        cgroup_scanner = HolderScanner(Path("/proc"), Path("/sys/fs/cgroup"))
+        node_scanner = HolderScanner(Path("/proc"), no_cgroupfs)
 
-        def node_scope() -> object:
-            return check_socket_holders(
-                client.pid, inode, cgroup_text, Path("/proc"), no_cgroupfs
-            )
+        def cgroup_scope() -> HolderScan:
+            return cgroup_scanner.check(client.pid, inode, cgroup_text)
+
+        def node_scope() -> HolderScan:
+            return node_scanner.check(client.pid, inode, cgroup_text)
 
         cgroup_result = cgroup_scope()
         node_result = node_scope()
@@ -297,14 +296,14 @@ async def test_holder_scan_cost(
         disable(monkeypatch, ("holders",))
         unchecked_ms = await mean_attest_ms(attestor, conn)
         outcome = await attestor.attest(conn)
-    assert cgroup_result.scope == "cgroup"  # type: ignore[attr-defined]
-    assert node_result.scope == "node"  # type: ignore[attr-defined]
+    assert cgroup_result.scope == "cgroup"
+    assert node_result.scope == "node"
     assert isinstance(outcome, Evidence)
     with capsys.disabled():
         print(
             f"\nholder scan: cgroup scope {cgroup_ms:.2f} ms "
-            f"({cgroup_result.scanned} processes), "  # type: ignore[attr-defined]
-            f"node scope {node_ms:.2f} ms ({node_result.scanned} processes), "  # type: ignore[attr-defined]
+            f"({cgroup_result.scanned} processes), "
+            f"node scope {node_ms:.2f} ms ({node_result.scanned} processes), "
             f"whole attestation {attest_ms:.2f} ms, {unchecked_ms:.2f} ms without the "
             "scan (medians of the scans, means of 20 attestations, on this machine)"
         )
