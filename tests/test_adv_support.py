@@ -135,10 +135,10 @@ def served_pod(python: CopiedBinary, extra_config: str = "") -> Iterator[ServedP
         config = files.config.read_text().replace('log_level = "DEBUG"', 'log_level = "INFO"')
         files.config.write_text(config)
         with start_agent(files) as agent, pod_cgroup("unified") as pod:
-            yield _serve_pod(files, agent, pod, python)
+            yield serve_pod(files, agent, pod, python)
 
 
-def _serve_pod(
+def serve_pod(
     files: AgentFiles, agent: AgentProcess, pod: TestCgroup, python: CopiedBinary
 ) -> ServedPod:
     """Sign a manifest granting the pod's ``python`` its ID and wait until it is loaded."""
