@@ -1,11 +1,12 @@
 """Command line: ``python -m bench [--quick] [--only SECTION ...] [--output DIR]``.
 
-Runs the sections in order (fetch, cold, scale, sds), each against a fresh agent
-subprocess, prints a results table, and writes ``results.json``, ``results.md`` and
-``benchmarks.png`` to the output directory (default docs/, where the chart is kept as
-docs/benchmarks.png). Every child process and agent is stopped before it returns,
-also on error. Exit status 0 means every section completed; targets that were missed
-are reported in the table, not in the exit status.
+Runs the sections in order (hotpaths in this process, then fetch, cold, scale and
+sds, each against a fresh agent subprocess), prints each row and then the machine
+facts and results as a markdown table, and writes ``benchmarks.json`` (every number)
+and ``benchmarks.png`` (the chart) to the output directory, by default docs/. Every
+child process and agent is stopped before it returns, also on error. Exit status 0
+means every section completed; targets that were missed are reported in the table,
+not in the exit status.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bench import report
 from bench.agentproc import BenchAgent
 from bench.cold import ColdPlan, run_cold
 from bench.fetch import FetchPlan, run_fetch
+from bench.hotpaths import HotPlan, run_hotpaths
 from bench.machine import machine_facts
 from bench.pods import Pods
 from bench.procs import REPO_ROOT, Children
@@ -30,18 +32,20 @@ from bench.scale import ScalePlan, run_scale
 from bench.sds import SdsPlan, run_sds
 from bench.stats import Row
 
-SECTIONS = ("fetch", "cold", "scale", "sds")
+SECTIONS = ("hotpaths", "fetch", "cold", "scale", "sds")
 
 
 def plans(quick: bool) -> dict[str, Any]:
     if quick:
         return {
+            "hotpaths": HotPlan(calls=200, mints=20),
             "fetch": FetchPlan(concurrency=(1, 8), seconds=1.0, rounds=1),
             "cold": ColdPlan(size_mib=16, runs=2),
             "scale": ScalePlan(processes=2, streams=50, channels=2, ttl=6),
             "sds": SdsPlan(rotations=1, ttl=6),
         }
     return {
+        "hotpaths": HotPlan(calls=2000, mints=200),
         "fetch": FetchPlan(concurrency=(1, 8, 64), seconds=3.0, rounds=3),
         "cold": ColdPlan(size_mib=64, runs=7),
         "scale": ScalePlan(processes=5, streams=200, channels=4, ttl=20),
@@ -52,9 +56,11 @@ def plans(quick: bool) -> dict[str, Any]:
 def run_section(
     name: str, plan: Any, work_dir: Path, profile_dir: Path | None
 ) -> tuple[list[Row], dict[str, Any]]:
-    """Run one section against its own agent; every process is stopped on return."""
+    """Run one section, with its own agent; every process is stopped on return."""
     work_dir.mkdir(parents=True)
     with Pods() as pods, Children(work_dir) as children:
+        if name == "hotpaths":
+            return run_hotpaths(children, pods, plan, work_dir, profile_dir)
         agent = BenchAgent.create(work_dir / "agent")
         profile = profile_dir / f"agent-{name}.prof" if profile_dir else None
         agent.start(children, profile_path=profile)
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="run only these sections")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs",
-                        help="directory for results.json, results.md and benchmarks.png")
+                        help="directory for benchmarks.json and benchmarks.png")
     parser.add_argument("--profile", type=Path, default=None,
                         help="run each agent under cProfile and write agent-<section>.prof here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -116,13 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": facts,
         "plans": {name: repr(section_plans[name]) for name in args.only},
         "seconds": round(time.monotonic() - started, 1),
+        "work_dir": str(work_root),
         "rows": [row.to_json() for row in rows],
         "series": series,
     }
-    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.output / "results.md").write_text(report.markdown(results, rows))
+    (args.output / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
     chart = report.chart(rows, args.output / "benchmarks.png")
-    print(f"results: {args.output / 'results.json'}; chart: {chart or 'not drawn'}")
+    print()
+    print(report.markdown(results, rows))
+    print(f"numbers: {args.output / 'benchmarks.json'}; chart: {chart or 'not drawn'}")
     return 0
 
 

@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,16 @@ def openssl(*args: str) -> None:
 def sha256_file(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A manifest to sign: service account ``name`` for ``exe_sha256`` in ``pod``."""
+
+    name: str
+    exe_sha256: str
+    pod: Pod | None
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,17 +139,29 @@ class BenchAgent:
 
         Without a pod the manifest selects this user's processes by uid instead.
         """
-        spiffe_id = self.spiffe_id(name)
-        placement: dict[str, object] = (
-            {"pod_uid": pod.pod_uid, "namespace": NAMESPACE, "service_account": name}
-            if pod is not None
-            else {"uid": os.getuid()}
-        )
-        self.sign_manifest(
-            name, {"spiffe_id": spiffe_id, "exe_sha256": [exe_sha256], **placement, **extra}
-        )
-        self.wait_for_log("manifest loaded", f"{name}.json")
-        return spiffe_id
+        return self.grant_many([Grant(name, exe_sha256, pod, extra)])[0]
+
+    def grant_many(self, grants: list[Grant]) -> list[str]:
+        """Sign every manifest, make the agent reload (SIGHUP) and wait until it loaded them."""
+        for grant in grants:
+            placement: dict[str, object] = (
+                {"pod_uid": grant.pod.pod_uid, "namespace": NAMESPACE,
+                 "service_account": grant.name}
+                if grant.pod is not None
+                else {"uid": os.getuid()}
+            )
+            self.sign_manifest(grant.name, {
+                "spiffe_id": self.spiffe_id(grant.name),
+                "exe_sha256": [grant.exe_sha256],
+                **placement,
+                **grant.extra,
+            })
+        if self.child is not None:
+            # Without the signal the agent finds new manifests at its next 1 s poll.
+            self.child.popen.send_signal(signal.SIGHUP)
+        for grant in grants:
+            self.wait_for_log("manifest loaded", f"{grant.name}.json")
+        return [self.spiffe_id(grant.name) for grant in grants]
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()

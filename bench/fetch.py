@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.agentproc import BenchAgent, sha256_file
+from bench.agentproc import BenchAgent, Grant, sha256_file
 from bench.pods import Pod, Pods
 from bench.procs import Child, Children
 from bench.stats import Row, percentile
@@ -70,11 +70,10 @@ def run_fetch(
     pod would on a node.
     """
     python_digest = sha256_file(Path(os.path.realpath(sys.executable)))
-    client_pods = []
-    for index in range(max(plan.concurrency)):
-        pod = pods.create()
-        agent.grant(f"fetch-{index:03d}", python_digest, pod)
-        client_pods.append(pod)
+    client_pods = [pods.create() for _ in range(max(plan.concurrency))]
+    agent.grant_many([
+        Grant(f"fetch-{index:03d}", python_digest, pod) for index, pod in enumerate(client_pods)
+    ])
     response = capture_response(children, agent, client_pods[0], work_dir / "response.bin")
     response_file = work_dir / "response.bin"
     floor_socket = work_dir / "floor.sock"

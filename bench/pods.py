@@ -47,7 +47,7 @@ def _mount_dir(hierarchy: str, controllers: str) -> Path | None:
     return next((c for c in candidates if (c / "cgroup.procs").exists()), None)
 
 
-def _parent_dirs() -> list[Path]:
+def pod_parent_dirs() -> list[Path]:
     """Return where to create pods: the v2 hierarchy, and each v1 one this process is not
     at the root of, below this process's own cgroup (so limits set on it still apply)."""
     parents: list[Path] = []
@@ -70,7 +70,7 @@ class Pods:
 
     def __init__(self) -> None:
         top = f"bench-{secrets.token_hex(6)}"
-        self._tops = [parent / top for parent in _parent_dirs()]
+        self._tops = [parent / top for parent in pod_parent_dirs()]
         self._created: list[Path] = []
 
     def create(self) -> Pod:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.agentproc import BenchAgent, renewal_times, sha256_file
+from bench.agentproc import BenchAgent, Grant, renewal_times, sha256_file
 from bench.pods import Pods
 from bench.procs import Child, Children
 from bench.stats import Row, percentile
@@ -48,15 +48,19 @@ def run_scale(
     agent: BenchAgent, children: Children, pods: Pods, plan: ScalePlan, work_dir: Path
 ) -> tuple[list[Row], dict[str, Any]]:
     digest = sha256_file(Path(os.path.realpath(sys.executable)))
-    workers: list[Child] = []
-    for index in range(plan.processes):
-        pod = pods.create()
-        agent.grant(f"scale-{index}", digest, pod, x509_svid_ttl=plan.ttl)
-        workers.append(children.start(
+    worker_pods = [pods.create() for _ in range(plan.processes)]
+    agent.grant_many([
+        Grant(f"scale-{index}", digest, pod, {"x509_svid_ttl": plan.ttl})
+        for index, pod in enumerate(worker_pods)
+    ])
+    workers: list[Child] = [
+        children.start(
             [sys.executable, "-m", "bench.scale_worker", str(agent.socket_path),
              str(plan.streams), str(plan.channels)],
             name=f"scale-{index}", pod=pod,
-        ))
+        )
+        for index, pod in enumerate(worker_pods)
+    ]
     total = plan.processes * plan.streams
     ready = sum(worker.receive(deadline=180.0)["ready"] for worker in workers)
     if ready != total:
