@@ -38,6 +38,7 @@ EXPECTED_ROWS = {
     },
     "cold": {
         "first SVID, new 16 MiB binary (median of 2)",
+        "first SVID minus the bare server's first response, new 16 MiB binary",
         "first SVID, 16 MiB binary already hashed (median of 2)",
     },
     "scale": {
@@ -97,7 +98,8 @@ def test_quick_values_sane(quick_run: dict[str, object]) -> None:
             value = row["agent"]
             assert isinstance(value, int | float), (section, name)
             assert math.isfinite(value), (section, name)
-            assert value >= 0, (section, name)
+            if "minus" not in name:  # a difference of two medians may be below zero
+                assert value >= 0, (section, name)
             if row["floor"] is not None:
                 assert row["floor"] > 0, (section, name)
                 assert row["ratio"] > 0, (section, name)
