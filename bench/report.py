@@ -53,7 +53,7 @@ def markdown(results: dict[str, Any], rows: Sequence[Row]) -> str:
 
 
 def chart(rows: Sequence[Row], path: Path) -> Path | None:
-    """Draw agent/floor ratios against their targets; return None without matplotlib."""
+    """Draw each row against its floor or target; return None without matplotlib."""
     try:
         import matplotlib
 
@@ -63,26 +63,27 @@ def chart(rows: Sequence[Row], path: Path) -> Path | None:
         print("matplotlib is not installed: no chart drawn (pip install matplotlib)")
         return None
 
-    compared = [row for row in rows if row.ratio is not None]
-    if not compared:
+    # Rows with a floor show agent / floor; rows with only an absolute target show
+    # agent / target, so that 1.0 is the target itself.
+    shown = [row for row in rows if row.ratio is not None or row.limit is not None]
+    if not shown:
         return None
-    fig, ax = plt.subplots(figsize=(9, 0.38 * len(compared) + 1.6))
-    names = [row.name for row in compared][::-1]
-    ratios = [row.ratio or 0.0 for row in compared][::-1]
-    colours = [
-        "#999999" if row.passed is None else "#2b8a3e" if row.passed else "#c92a2a"
-        for row in compared
-    ][::-1]
-    positions = range(len(compared))
-    ax.barh(positions, ratios, color=colours)
-    for position, row in zip(positions, compared[::-1], strict=True):
-        if row.limit is not None and row.floor:
-            allowed = (row.bound or 0.0) / row.floor
+    fig, ax = plt.subplots(figsize=(10, 0.36 * len(shown) + 1.6))
+    positions = list(range(len(shown)))[::-1]
+    for position, row in zip(positions, shown, strict=True):
+        colour = "#999999" if row.passed is None else "#2b8a3e" if row.passed else "#c92a2a"
+        if row.ratio is not None:
+            value, allowed = row.ratio, (row.bound or 0.0) / (row.floor or 1.0)
+        else:
+            value, allowed = row.agent / (row.limit or 1.0), 1.0
+        ax.barh(position, value, color=colour)
+        if row.limit is not None:
             ax.plot([allowed, allowed], [position - 0.4, position + 0.4], color="black")
+    names = [row.name if row.ratio is not None else f"{row.name} (/ target)" for row in shown]
+    ax.set_yticks(positions, names, fontsize=7)
     ax.axvline(1.0, color="#555555", linestyle=":", linewidth=1)
-    ax.set_yticks(list(positions), names, fontsize=8)
-    ax.set_xlabel("agent / floor, same run (black tick: target; green met, red missed, "
-                  "grey no target)", fontsize=8)
+    ax.set_xlabel("agent / floor in the same run, or agent / target (black tick: target; "
+                  "green met, red missed, grey no target)", fontsize=8)
     ax.set_title("attest-agent beside the cheapest implementation on the same machine",
                  fontsize=10)
     fig.tight_layout()
