@@ -66,7 +66,8 @@ class Settings:
     ``state_dir``. ``health_address`` None disables the HTTP health endpoint.
     ``reattest_interval`` is in seconds; TTLs are in whole seconds. ``audit_log`` is a
     file path, ``"-"`` for stdout, or None for no audit log. ``admin_socket`` None
-    means ``<state_dir>/admin/admin.sock`` (see ``admin_socket_path``).
+    means ``<state_dir>/admin/admin.sock`` (see ``admin_socket_path``). The admin
+    socket's directory is created with mode 0700 and must keep that mode.
     """
 
     socket_path: Path = DEFAULT_ROOT / "public" / "api.sock"

@@ -2,7 +2,7 @@
 
 The IdentityResolver owns one DecisionRecorder and calls ``granted`` or ``denied``
 after every decision with the caller's CallerRecord. The recorder compares the decision
-with what the record says the connection already holds, so a decision repeated on the
+with the identities the record lists for the connection, so a decision repeated on the
 same connection (the periodic re-attestation of a stream, a second stream, a repeated
 unary call) writes nothing:
 
@@ -46,7 +46,7 @@ class DecisionRecorder:
         self._audit = audit
 
     def granted(self, record: CallerRecord, state: GrantedState) -> None:
-        """Record that ``record``'s caller holds exactly the identities in ``state``."""
+        """Record that the caller of ``record`` now has exactly the identities in ``state``."""
         conn = record.conn
         current = {held.identity.spiffe_id for held in state.identities}
         before = _identities(record.granted)

@@ -58,7 +58,7 @@ __all__ = [
     "X509Svid",
 ]
 
-# What attestation and matching found: the evidence (None when attestation failed)
+# Result of attestation and matching: the evidence (None when attestation failed)
 # and the unexpired identities granted, or the denial.
 Match = tuple[Evidence | None, tuple[Identity, ...] | Denial]
 

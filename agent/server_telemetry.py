@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 REFRESH_INTERVAL_SECONDS = 1.0
 
 # At most this many (SPIFFE ID, DNS names, TTL) keys are remembered to tell a renewal
-# from a first mint; past it the memory is cleared, and the next SVID of each key is
+# from a first mint. Past it the memory is cleared, so the next SVID of each key is
 # counted as minted but not as a rotation.
 _MAX_TRACKED_SVID_KEYS = 100_000
 
@@ -93,6 +93,7 @@ class AgentTelemetry:
         self._refresher = asyncio.create_task(
             self._refresh_periodically(authority, store), name="telemetry-refresh"
         )
+        self._refresher.add_done_callback(_log_refresh_stop)
 
     async def serving(self) -> None:
         """Mark the socket as serving and tell systemd the agent is ready."""
@@ -143,6 +144,14 @@ class AgentTelemetry:
         for _ in range(store.load_errors - self._counted_load_errors):
             self.metrics.manifest_load_error()
         self._counted_load_errors = store.load_errors
+
+
+def _log_refresh_stop(task: asyncio.Task[None]) -> None:
+    # The refresh only ends by cancellation. Anything else is a bug that freezes
+    # readiness and the bridged metrics, so it is logged here.
+    if task.cancelled() or task.exception() is None:
+        return
+    event(logger, logging.CRITICAL, "telemetry refresh stopped", error=repr(task.exception()))
 
 
 class CountingAuthority:

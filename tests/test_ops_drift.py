@@ -4,13 +4,17 @@ A workload (a copied interpreter with a manifest) opens a FetchX509SVID stream f
 pod cgroup and then runs os.execv() of another copied interpreter, which keeps the
 connection and goes on reading the stream (tests/support/ops_stream.py). With a short
 reattest_interval the agent's periodic re-attestation ends the stream with
-PERMISSION_DENIED and writes a "revoked" audit record. With a long interval the stream
-stays open, and ``attest-agent drift`` reports the caller as drifted.
+PERMISSION_DENIED and writes a "revoked" audit record; the same happens when the
+process exits and leaves the connection to a forked child. With a long interval the
+stream stays open, and ``attest-agent drift`` reports the caller as drifted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -76,7 +80,17 @@ def audit_config(root: Path, interval: float) -> str:
     return f'reattest_interval = {interval}\naudit_log = "{root / "audit.jsonl"}"\n'
 
 
-def test_exec_revokes_stream(pythons: dict[str, CopiedBinary]) -> None:
+def kill_quietly(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [("exec", "exec_after_connect"), ("orphan", "process_exited")],
+    ids=["exec-other-binary", "process-gone"],
+)
+def test_stream_revoked(change: str, reason: str, pythons: dict[str, CopiedBinary]) -> None:
     web, swapped = pythons["web"], pythons["swapped"]
     with ExitStack() as stack:
         files = stack.enter_context(agent_files())
@@ -89,21 +103,25 @@ def test_exec_revokes_stream(pythons: dict[str, CopiedBinary]) -> None:
         client: StreamClient = open_stream(web, files, pod)
         stack.callback(client.child.stop)
         client.next_event("message")
-        resumed = client.exec_into(swapped)
+        resumed = client.exec_into(swapped) if change == "exec" else client.orphan()
+        stack.callback(kill_quietly, int(str(resumed["pid"])))
         ended = client.next_event("end", deadline=REVOKE_DEADLINE_SECONDS)
         revoked_line = agent.wait_for_log("identity revoked", f"pid={client.pid}")
         records = [r for r in audit_lines(audit_path) if r["pid"] == client.pid]
 
-    assert resumed["pid"] == client.pid
-    assert resumed["exe"] == str(swapped.path)
+    if change == "exec":
+        assert resumed["pid"] == client.pid
+        assert resumed["exe"] == str(swapped.path)
+    else:
+        assert resumed["pid"] != client.pid
     # PERMISSION_DENIED is grpc status 7.
     assert ended["grpc_status"] == "7", ended
     assert "identity_revoked" in str(ended["grpc_message"]), ended
-    assert "reason=exec_after_connect" in revoked_line
+    assert f"reason={reason}" in revoked_line
 
     assert [r["decision"] for r in records] == ["issued", "revoked"]
     revoked = records[1]
-    assert revoked["reason"] == "exec_after_connect"
+    assert revoked["reason"] == reason
     assert revoked["spiffe_id"] == web_id(files)
     assert revoked["manifest_files"] == ["web.json"]
     # Attestation failed, so the record names the evidence the identity was issued on.

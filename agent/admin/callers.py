@@ -2,7 +2,7 @@
 
 The IdentityResolver owns one CallerTable. It calls ``record(conn)`` for every
 decision about a connection and keeps ``stream(conn, api)`` open around every stream,
-so the table knows each caller's identities, its last denial and its open streams.
+so the table contains each caller's identities, its last denial and its open streams.
 The admin socket reads ``current()`` to list callers for ``attest-agent drift``, and
 the metrics read ``served_validities()`` at scrape time.
 
@@ -37,7 +37,7 @@ class HeldIdentity(Protocol):
 
 
 class GrantedState(Protocol):
-    """What a caller was granted: the evidence it was attested with and its identities."""
+    """A caller's grant: the evidence it was attested with and its identities."""
 
     @property
     def evidence(self) -> Evidence: ...

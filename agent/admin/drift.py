@@ -4,10 +4,10 @@ The admin socket calls ``await drift_report(callers, recheck)`` with the resolve
 CallerTable and its ``recheck`` method. Each caller is attested again now, without
 issuing anything, and gets a status:
 
-- ``match``: it holds identities and would still be granted every one of them;
-- ``drifted``: it holds identities and attestation now fails (its process ran
+- ``match``: it has identities and would still be granted every one of them;
+- ``drifted``: it has identities and attestation now fails (its process ran
   execve(), exited or passed its socket on) or a held identity is no longer granted;
-- ``no_identity``: it holds no identity (its last decision was a denial), so there is
+- ``no_identity``: it has no identity (its last decision was a denial), so there is
   nothing to drift from.
 
 The report is a JSON-ready dict. It carries evidence, SPIFFE IDs, serial numbers and

@@ -1,4 +1,4 @@
-"""The admin socket: a root-only Unix socket that answers operator requests with JSON.
+"""The admin socket: a root-only Unix socket that serves operator requests as JSON lines.
 
 The server builds ``AdminServer(path, callers, recheck)``, ``await start()`` after the
 resolver exists and ``await close()`` at shutdown. The socket lives in its own
@@ -99,7 +99,7 @@ class AdminServer:
                 async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
                     await writer.drain()
         except (ConnectionError, TimeoutError):
-            pass  # The client went away; there is nobody to answer.
+            pass  # The client disconnected, so no response can be sent.
         finally:
             writer.close()
 
@@ -145,7 +145,12 @@ def _peer_allowed(writer: asyncio.StreamWriter) -> bool:
     sock: socket.socket | None = writer.get_extra_info("socket")
     if sock is None:
         return False
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except OSError as error:
+        event(logger, logging.WARNING, "admin request rejected", reason="no_peer_credentials",
+              error=error)
+        return False
     pid, uid, _gid = _PEERCRED.unpack(raw)
     if uid in (0, os.geteuid()):
         return True

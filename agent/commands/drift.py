@@ -1,9 +1,10 @@
 """The ``attest-agent drift`` command: list the agent's callers and whether each still matches.
 
-It asks the running agent over its root-only admin socket, which re-attests every
-caller with an open connection now. Exit status: 0 when every caller that holds an
-identity still matches, 1 when any drifted (for a nightly job to alert on), and 2 when
-the agent cannot be reached or the settings are invalid.
+It sends a drift request to the running agent's root-only admin socket, and the agent
+re-attests every caller with an open connection before it responds. Exit status: 0
+when every caller that has an identity still matches, 1 when any drifted (for a
+nightly job to alert on), and 2 when the agent cannot be reached or the settings are
+invalid.
 """
 
 from __future__ import annotations

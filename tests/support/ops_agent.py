@@ -98,6 +98,11 @@ class StreamClient:
             if decoded.get("event") == kind:
                 return decoded
 
+    def orphan(self) -> dict[str, object]:
+        """Make the client fork and exit, leaving the connection to its child; return "resumed"."""
+        self.child.send_line("orphan")
+        return self.next_event("resumed")
+
     def exec_into(self, binary: CopiedBinary) -> dict[str, object]:
         """Make the client execve() ``binary`` on the same connection; return "resumed"."""
         self.child.send_line(f"exec {binary.path}")

@@ -16,6 +16,11 @@ decoder, so it can decode the agent's later frames (HPACK state is per connectio
 prints ``resumed`` with its pid and goes on serving the stream. That is how a test
 makes the process behind an open stream run a different binary.
 
+The line ``orphan`` makes it fork: the parent exits and the child, which inherited the
+connection, prints ``resumed`` with its own pid and goes on serving the stream. The
+process the agent pinned at connect time is then gone while its connection lives on.
+The test must kill that child, since it is not the process the test started.
+
 The header decoder handles what grpcio 1.85 sends: indexed fields and literals with
 raw (not Huffman-coded) strings. A Huffman-coded string decodes to ``<huffman>``.
 """
@@ -205,6 +210,8 @@ def serve(stream: Stream) -> None:
                     return
                 if command[0] == "exec":
                     exec_into(stream, command[1])
+                elif command[0] == "orphan":
+                    fork_away()
                 continue
             data = stream.sock.recv(65536)
             if not data:
@@ -220,6 +227,12 @@ def exec_into(stream: Stream, program: str) -> None:
     descriptor = stream.sock.fileno()
     os.set_inheritable(descriptor, True)
     os.execv(program, [program, os.path.abspath(__file__), "--fd", str(descriptor), history_path])
+
+
+def fork_away() -> None:
+    if os.fork():
+        os._exit(0)
+    emit("resumed", pid=os.getpid(), exe=os.readlink("/proc/self/exe"))
 
 
 def main() -> None:
