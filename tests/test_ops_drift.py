@@ -4,7 +4,7 @@ A workload (a copied interpreter with a manifest) opens a FetchX509SVID stream f
 pod cgroup and then runs os.execv() of another copied interpreter, which keeps the
 connection and goes on reading the stream (tests/support/ops_stream.py). With a short
 reattest_interval the agent's periodic re-attestation ends the stream with
-PERMISSION_DENIED and writes a "revoked" audit record; the same happens when the
+PERMISSION_DENIED and writes a "revoked" audit record. The same happens when the
 process exits and leaves the connection to a forked child. With a long interval the
 stream stays open, and ``attest-agent drift`` reports the caller as drifted.
 """
@@ -36,8 +36,8 @@ from tests.support.processes import CopiedBinary, copy_python
 
 NAMESPACE = "demo"
 
-# Functional deadline for the revocation: the re-attestation runs every second, so the
-# stream ends within a few seconds; the rest is room for a loaded machine.
+# Functional deadline for the revocation. The re-attestation runs every second, so the
+# stream ends within a few seconds, and the rest is room for a loaded machine.
 REVOKE_DEADLINE_SECONDS = 20.0
 
 

@@ -1,8 +1,9 @@
 """SDS telemetry of the running agent: open SDS streams and NACKs on /metrics.
 
 A copied interpreter in a pod cgroup runs a grpc SDS client (the script below) against
-the agent subprocess: it opens StreamSecrets, reads the first response, rejects it
-with error_detail as Envoy does for a config it cannot use, and keeps the stream open.
+the agent subprocess. It opens StreamSecrets and reads the first response. Then it
+rejects that response with error_detail, as Envoy does for a config it cannot use,
+and keeps the stream open.
 """
 
 from __future__ import annotations

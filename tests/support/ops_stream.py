@@ -1,4 +1,4 @@
-"""A stdlib-only gRPC client that holds one FetchX509SVID stream and survives execve().
+"""A stdlib-only gRPC client that keeps one FetchX509SVID stream open across execve().
 
 Run by a copied interpreter as a workload would run it, never imported::
 
@@ -138,7 +138,7 @@ def string(block: bytes, position: int) -> tuple[str, int]:
 
 
 class Stream:
-    """Parses the agent's frames, answers SETTINGS and PING, and reports stream 1."""
+    """Parses the agent's frames, acknowledges SETTINGS and PING, and reports stream 1."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
