@@ -201,9 +201,11 @@ class IdentityResolver:
                 evidence, outcome = await self._evaluate(conn)
                 if conn.closed:
                     return
+                # Another stream of the same connection may have been granted already.
+                revoking = previous is not None or bool(self.callers.record(conn).held)
                 self._record(conn, evidence, outcome)
                 if isinstance(outcome, Denial):
-                    yield outcome if previous is None else _revocation(outcome)
+                    yield _revocation(outcome) if revoking else outcome
                     return
                 if previous is None or outcome.fingerprint() != previous.fingerprint():
                     previous = outcome

@@ -8,6 +8,7 @@ cgroups holding FetchX509SVID streams (tests/support/ops_stream.py).
 from __future__ import annotations
 
 import json
+import math
 import socket
 import struct
 import subprocess
@@ -191,6 +192,11 @@ def test_metrics_after_attestations(pythons: dict[str, CopiedBinary]) -> None:
         wait_for_sample(port, f"{PREFIX}_svid_rotations_total", lambda v: v >= 1,
                         deadline=ROTATION_DEADLINE_SECONDS)
         samples = scrape(port)
+        held.child.stop()
+        streams_after_close = wait_for_sample(
+            port, f"{PREFIX}_open_streams", lambda v: v == 0, api="workload_api"
+        )
+        expiry_after_close = sample(scrape(port), f"{PREFIX}_earliest_svid_expiry_seconds")
 
     assert denial_end["grpc_status"] == "7", denial_end
     assert "exe_hash_mismatch" in str(denial_end["grpc_message"])
@@ -216,6 +222,9 @@ def test_metrics_after_attestations(pythons: dict[str, CopiedBinary]) -> None:
     assert value("intermediate_ca_expiry_seconds") > 24 * 3600
     assert value("manifest_load_errors_total") == 1
     assert value("sds_nacks_total") == 0
+    assert streams_after_close == 0
+    # No SVID is served once the only stream closed.
+    assert math.isnan(expiry_after_close)
 
 
 def test_audit_issued_denied_revoked(pythons: dict[str, CopiedBinary]) -> None:
