@@ -33,6 +33,8 @@ from bench.sds import SdsPlan, run_sds
 from bench.stats import Row
 
 SECTIONS = ("hotpaths", "fetch", "cold", "scale", "sds")
+# These sections read the mint time of each SVID from the agent's DEBUG log.
+LOG_LEVELS = {"scale": "DEBUG", "sds": "DEBUG"}
 
 
 def plans(quick: bool) -> dict[str, Any]:
@@ -61,7 +63,7 @@ def run_section(
     with Pods() as pods, Children(work_dir) as children:
         if name == "hotpaths":
             return run_hotpaths(children, pods, plan, work_dir, profile_dir)
-        agent = BenchAgent.create(work_dir / "agent")
+        agent = BenchAgent.create(work_dir / "agent", log_level=LOG_LEVELS.get(name, "INFO"))
         profile = profile_dir / f"agent-{name}.prof" if profile_dir else None
         agent.start(children, profile_path=profile)
         try:

@@ -67,9 +67,7 @@ class BenchAgent:
     profile_path: Path | None = None
 
     @classmethod
-    def create(
-        cls, root: Path, *, x509_svid_ttl: int = 3600, extra_config: str = ""
-    ) -> BenchAgent:
+    def create(cls, root: Path, *, log_level: str = "INFO") -> BenchAgent:
         root.mkdir(parents=True)
         keys = root / "keys"
         keys.mkdir()
@@ -88,8 +86,7 @@ class BenchAgent:
             f'manifests_dir = "{manifests_dir}"\n'
             f'manifest_keys = ["{public_key}"]\n'
             f'trust_domain = "{TRUST_DOMAIN}"\n'
-            f"x509_svid_ttl = {x509_svid_ttl}\n"
-            'log_level = "INFO"\n' + extra_config
+            f'log_level = "{log_level}"\n'
         )
         return cls(root, config, socket_path, manifests_dir, signing_key, root / "agent.log")
 
@@ -187,15 +184,18 @@ def log_time(line: str) -> float | None:
     return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def renewal_times(lines: list[str]) -> dict[int, float]:
-    """Return, per renewed SVID serial, the time of the first push the agent logged for it."""
+def mint_times(lines: list[str]) -> dict[int, float]:
+    """Return, per SVID serial, when the agent minted it (its DEBUG "X.509-SVID minted" line).
+
+    The line is logged as soon as the signing thread returns, before any stream is
+    woken, so it is the renewal time that push latencies are measured from.
+    """
     times: dict[int, float] = {}
     for line in lines:
-        if "msg=identity issued" not in line or "reason=renewed" not in line:
+        if "msg=X.509-SVID minted" not in line:
             continue
-        serial = re.search(r" serial=(\d+)", line)
+        serial = re.search(r" serial=([0-9a-f]+)", line)
         when = log_time(line)
-        if serial is None or when is None:
-            continue
-        times.setdefault(int(serial.group(1)), when)
+        if serial is not None and when is not None:
+            times.setdefault(int(serial.group(1), 16), when)
     return times

