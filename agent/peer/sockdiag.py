@@ -65,6 +65,8 @@ def parse_peer_reply(reply: bytes, inode: int) -> int:
         raise ValueError(f"sock_diag reply of {len(reply)} bytes is shorter than its header")
     length, kind, _, _, _ = _NLMSGHDR.unpack_from(reply)
     if kind == NLMSG_ERROR:
+        if len(reply) < _NLMSGHDR.size + _ERRNO.size:
+            raise ValueError(f"sock_diag error reply of {len(reply)} bytes has no error code")
         (code,) = _ERRNO.unpack_from(reply, _NLMSGHDR.size)
         raise OSError(-code, f"sock_diag lookup of socket {inode}: {os.strerror(-code)}")
     if kind != SOCK_DIAG_BY_FAMILY or not _UNIX_DIAG_MSG.size + _NLMSGHDR.size <= length <= len(
