@@ -1,8 +1,8 @@
 """The agent under test: a real ``python -m agent run`` subprocess with its own files.
 
 ``BenchAgent.create(work_dir, ...)`` makes an EC P-256 manifest signing key with the
-openssl command line and a TOML config; ``start(children)`` runs the agent and returns
-once it logged that it started (the development CA is created on first start).
+openssl command line and a TOML config. ``start(children)`` runs the agent and returns
+once it logged that it started, which includes creating the development CA.
 ``sign_manifest`` writes a manifest and its detached ``openssl dgst -sha256 -sign``
 signature, and ``wait_for_log`` and ``log_lines`` read the agent's log file.
 """

@@ -36,8 +36,10 @@ def _envoy_version() -> str:
         )
     except (ImportError, OSError, subprocess.TimeoutExpired):
         return "not installed"
-    words = result.stdout.split()
-    return next((word for word in words if word.count("/") >= 2), result.stdout.strip()[:80])
+    # The output reads "<path>  version: <commit>/<version>/<status>/<build>/<TLS>".
+    _, _, version = result.stdout.partition("version:")
+    parts = version.strip().split("/")
+    return parts[1] if len(parts) > 1 else version.strip()[:80] or "unknown"
 
 
 def machine_facts() -> dict[str, str]:

@@ -5,7 +5,7 @@ and a short X.509-SVID TTL, hold many FetchX509SVID streams. All their SVIDs ren
 about half the TTL, within the CA's +/-10% jitter, which is the storm. The renewal
 time of an SVID is the time of the agent's DEBUG line "X.509-SVID minted" for its
 serial (logging's millisecond timestamp), so this section runs the agent at log level
-DEBUG; the push latency of a stream is the time its new serial arrived minus that.
+DEBUG. The push latency of a stream is the time its new serial arrived minus that.
 """
 
 from __future__ import annotations

