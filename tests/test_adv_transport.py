@@ -173,7 +173,7 @@ def test_malformed_protobuf(served: ServedPod, control: GrpcClient) -> None:
         with pytest.raises(grpc.RpcError) as raised:
             call(b"\x0a\xff\xff\xff\xff\x0f", metadata=(("workload.spiffe.io", "true"),),
                  timeout=10)
-    # grpcio 1.85 answers a request its deserializer rejects with UNKNOWN.
+    # grpcio 1.85 returns UNKNOWN for a request that its deserializer rejects.
     assert raised.value.code() in (
         grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT
     )
