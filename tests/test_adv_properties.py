@@ -128,13 +128,8 @@ def test_config_random_documents(pairs: list[tuple[str, str]]) -> None:
     load_or_error("\n".join(lines) + "\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: tomllib's UnicodeDecodeError escapes load_settings; agent/config.py "
-    "_read_file must translate it into ConfigError",
-)
 def test_config_invalid_utf8() -> None:
-    # Found by fuzz/fuzz_parsers.py.
+    # Found by fuzz/fuzz_parsers.py: tomllib raised UnicodeDecodeError, not ConfigError.
     assert load_or_error_bytes(b"::\n\x8e") is None
 
 
