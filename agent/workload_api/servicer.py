@@ -23,7 +23,6 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from agent._proto import workload_pb2_grpc
 from agent.ca.errors import CAError, JwtSvidError
 from agent.denial import Denial
 from agent.identities import CallerState, IdentityResolver, ResolverClosedError
@@ -31,6 +30,7 @@ from agent.log import event
 from agent.peer.connection import Connection
 from agent.spiffeid import InvalidSpiffeIdError, SpiffeId
 from agent.workload_api import messages
+from agent.workload_api.registration import MALFORMED, register
 
 __all__ = ["SECURITY_HEADER", "WorkloadApiServicer", "add_to_server"]
 
@@ -46,22 +46,24 @@ class WorkloadApiServicer:
 
     def __init__(self, resolver: IdentityResolver) -> None:
         self._resolver = resolver
+        self._malformed_count = 0
 
     async def FetchX509SVID(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for response in self._stream(context, "FetchX509SVID", messages.x509_svid_response):
+        build = messages.x509_svid_response
+        async for response in self._stream(request, context, "FetchX509SVID", build):
             yield response
 
     async def FetchX509Bundles(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for response in self._stream(context, "FetchX509Bundles", _x509_bundles):
+        async for response in self._stream(request, context, "FetchX509Bundles", _x509_bundles):
             yield response
 
     async def FetchJWTBundles(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for response in self._stream(context, "FetchJWTBundles", _jwt_bundles):
+        async for response in self._stream(request, context, "FetchJWTBundles", _jwt_bundles):
             yield response
 
     async def FetchJWTSVID(self, request: Any, context: Any) -> Any:
         method = "FetchJWTSVID"
-        conn = await self._admit(context, method)
+        conn = await self._admit(request, context, method)
         audiences = [audience for audience in request.audience if audience]
         if not audiences:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
@@ -93,7 +95,7 @@ class WorkloadApiServicer:
 
     async def ValidateJWTSVID(self, request: Any, context: Any) -> Any:
         method = "ValidateJWTSVID"
-        conn = await self._admit(context, method)
+        conn = await self._admit(request, context, method)
         if not request.audience:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
         if not request.svid:
@@ -119,9 +121,9 @@ class WorkloadApiServicer:
         return messages.validate_jwt_svid_response(spiffe_id, claims)
 
     async def _stream(
-        self, context: Any, method: str, build: Callable[[CallerState], Any]
+        self, request: Any, context: Any, method: str, build: Callable[[CallerState], Any]
     ) -> AsyncIterator[Any]:
-        conn = await self._admit(context, method)
+        conn = await self._admit(request, context, method)
         previous: Any = None
         try:
             async for outcome in self._resolver.watch(conn):
@@ -141,7 +143,17 @@ class WorkloadApiServicer:
         # Ending with OK would stop a standard client's retries, so never do that.
         await _abort(context, grpc.StatusCode.UNAVAILABLE, "connection closed")
 
-    async def _admit(self, context: Any, method: str) -> Connection:
+    async def _admit(self, request: Any, context: Any, method: str) -> Connection:
+        if request is MALFORMED:
+            self._malformed_count += 1
+            count = self._malformed_count
+            # Log the 1st, 2nd, 4th, 8th, ... so a flooding client cannot fill the log.
+            if count & (count - 1) == 0:
+                message = "malformed request rejected"
+                event(logger, logging.WARNING, message, method=method, count=count)
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid message"
+            )
         if SECURITY_HEADER not in tuple(context.invocation_metadata() or ()):
             event(logger, logging.INFO, "request without the security header", method=method)
             await _abort(
@@ -176,9 +188,7 @@ class WorkloadApiServicer:
 
 def add_to_server(server: Any, resolver: IdentityResolver) -> None:
     """Register the SpiffeWorkloadAPI servicer on a grpc.aio server."""
-    workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
-        WorkloadApiServicer(resolver), server
-    )
+    register(server, WorkloadApiServicer(resolver))
 
 
 def _x509_bundles(state: CallerState) -> Any:

@@ -1,0 +1,79 @@
+"""Registration of the Workload API methods with request decoding that cannot crash.
+
+grpcio's generated registration decodes requests with ``FromString``. When a client
+sends bytes that are not a valid protobuf message, grpcio logs a traceback per request
+and answers UNKNOWN, so one client could flood the agent's log. These handlers decode
+through ``decode_or_malformed`` instead: undecodable bytes become the MALFORMED
+sentinel, which the servicer answers with INVALID_ARGUMENT and one rate-limited log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from agent._proto import workload_pb2
+
+SERVICE_NAME = "SpiffeWorkloadAPI"
+
+
+class Malformed:
+    """Sentinel type for a request whose bytes are not a valid protobuf message."""
+
+
+MALFORMED = Malformed()
+
+
+def decode_or_malformed(message_type: Any) -> Callable[[bytes], Any]:
+    """Return a deserializer that yields MALFORMED instead of raising on bad bytes."""
+
+    def decode(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return MALFORMED
+
+    return decode
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def method_handlers(servicer: Any) -> dict[str, grpc.RpcMethodHandler]:
+    """Build the handler table for the five SpiffeWorkloadAPI methods."""
+    streams = {
+        "FetchX509SVID": workload_pb2.X509SVIDRequest,
+        "FetchX509Bundles": workload_pb2.X509BundlesRequest,
+        "FetchJWTBundles": workload_pb2.JWTBundlesRequest,
+    }
+    unaries = {
+        "FetchJWTSVID": workload_pb2.JWTSVIDRequest,
+        "ValidateJWTSVID": workload_pb2.ValidateJWTSVIDRequest,
+    }
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for name, request_type in streams.items():
+        handlers[name] = grpc.unary_stream_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=decode_or_malformed(request_type),
+            response_serializer=_serialize,
+        )
+    for name, request_type in unaries.items():
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=decode_or_malformed(request_type),
+            response_serializer=_serialize,
+        )
+    return handlers
+
+
+def register(server: Any, servicer: Any) -> None:
+    """Add the servicer's methods to a grpc.aio server under SERVICE_NAME."""
+    handlers = method_handlers(servicer)
+    generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
