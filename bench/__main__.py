@@ -90,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=None,
                         help="run each agent under cProfile and write agent-<section>.prof here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--redraw", action="store_true",
+                        help="only redraw the chart and table from OUTPUT/benchmarks.json")
     args = parser.parse_args(argv)
+    if args.redraw:
+        saved = json.loads((args.output / "benchmarks.json").read_text())
+        saved_rows = report.rows_from_json(saved)
+        print(report.markdown(saved, saved_rows))
+        print(f"chart: {report.chart(saved_rows, args.output / 'benchmarks.png')}")
+        return 0
 
     args.output.mkdir(parents=True, exist_ok=True)
     if args.profile is not None:

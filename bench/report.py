@@ -52,6 +52,13 @@ def markdown(results: dict[str, Any], rows: Sequence[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rows_from_json(results: dict[str, Any]) -> list[Row]:
+    """Rebuild the rows of a saved ``benchmarks.json``."""
+    fields = ("section", "name", "unit", "agent", "floor", "limit", "offset",
+              "higher_is_better", "note")
+    return [Row(**{name: row[name] for name in fields}) for row in results["rows"]]
+
+
 def chart(rows: Sequence[Row], path: Path) -> Path | None:
     """Draw each row against its floor or target; return None without matplotlib."""
     try:
@@ -87,6 +94,6 @@ def chart(rows: Sequence[Row], path: Path) -> Path | None:
     ax.set_title("attest-agent beside the cheapest implementation on the same machine",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
