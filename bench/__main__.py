@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -79,6 +80,10 @@ def run_section(
             agent.stop(children)
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redraw", action="store_true",
                         help="only redraw the chart and table from OUTPUT/benchmarks.json")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every child, agent and cgroup is cleaned up.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     if args.redraw:
         saved = json.loads((args.output / "benchmarks.json").read_text())
         saved_rows = report.rows_from_json(saved)

@@ -61,18 +61,24 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     if os.geteuid() != 0:
         pytest.skip("the benchmark creates pod cgroups under /sys/fs/cgroup, which needs root")
     output = tmp_path_factory.mktemp("bench")
-    completed = subprocess.run(
+    run = subprocess.Popen(
         [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
         cwd=REPO_ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=RUN_TIMEOUT_SECONDS,
-        check=False,
     )
-    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    try:
+        stdout, stderr = run.communicate(timeout=RUN_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets the benchmark stop its children and remove its cgroups.
+        run.terminate()
+        stdout, stderr = run.communicate(timeout=60)
+        pytest.fail(f"quick benchmark ran past {RUN_TIMEOUT_SECONDS} s:\n{stdout[-4000:]}")
+    assert run.returncode == 0, stdout[-4000:] + stderr[-4000:]
     results: dict[str, object] = json.loads((output / "benchmarks.json").read_text())
     results["output"] = str(output)
-    results["stdout"] = completed.stdout
+    results["stdout"] = stdout
     return results
 
 
