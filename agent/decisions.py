@@ -148,7 +148,8 @@ class DecisionRecorder:
         )
         try:
             self._audit.write(record)
-        except AuditLogError as error:
+        # AuditLog translates file errors, but writes to stdout raise OSError as they are.
+        except (AuditLogError, OSError) as error:
             event(logger, logging.ERROR, "audit record not written", path=self._audit.name,
                   reason=str(decision), error=error)
 
