@@ -14,6 +14,12 @@ scope share one scan, which starts after all of them arrived, so a burst of call
 from one pod costs a few scans instead of one per caller. A shared scan is as fresh
 as a private one would be: it starts after the request that uses it.
 
+No scan result is reused for a later call on the same connection, even when the
+pinned process still runs the file it ran at accept. The set of holders can change
+while the pinned process stays the same: it can fork a child, pass the descriptor
+with SCM_RIGHTS, or run a child that inherits it, and a descriptor that was in flight
+during one scan can be received after it. Only a fresh scan sees those new holders.
+
 Scope: for a caller in a Kubernetes pod, every process below the pod's cgroup (all its
 containers); otherwise the processes of the caller's own cgroup. The directories are
 found under ``cgroup_root`` (normally /sys/fs/cgroup) in every hierarchy where the
@@ -33,7 +39,9 @@ docs/security.md lists these limits.
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -52,6 +60,13 @@ _GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 # LSM denial. With CAP_SYS_PTRACE in the host user namespace no workload is skipped.
 _SKIPPED_ERRNOS = _GONE_ERRNOS | {errno.EACCES, errno.EPERM}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# Errors for which pathlib's exists() returns False rather than raising, plus a name
+# too long to exist.
+_MISSING_ERRNOS = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP, errno.ENAMETOOLONG}
+)
+_PROCS_READ_BYTES = 65536
+_PARSED_SCOPES_CACHED = 1024
 _SOCKET_LINK_PREFIX = "socket:["
 _LINK_PREFIX_LENGTH = len(_SOCKET_LINK_PREFIX)
 
@@ -60,7 +75,7 @@ _LINK_PREFIX_LENGTH = len(_SOCKET_LINK_PREFIX)
 class ScopeDir:
     """A cgroup directory whose processes are scanned; ``recursive`` adds its descendants."""
 
-    path: Path
+    path: str
     recursive: bool
 
 
@@ -203,13 +218,14 @@ def socket_inodes(pid: int, proc_root: Path, *, pinned: bool) -> set[int]:
     For the pinned process every error is raised. Other processes count as holding
     nothing when they exited since they were listed or their fd table is unreadable.
     """
-    fd_dir = proc_root / str(pid) / "fd"
+    # Plain strings instead of pathlib: this runs once per process per scan pass.
+    fd_dir = f"{proc_root}/{pid}/fd"
     try:
         dir_fd = os.open(fd_dir, _DIR_FLAGS)
     except OSError as exc:
         if not pinned and exc.errno in _SKIPPED_ERRNOS:
             return set()
-        raise translate_os_error(exc, pid, fd_dir) from exc
+        raise translate_os_error(exc, pid, Path(fd_dir)) from exc
     try:
         return {
             int(target[_LINK_PREFIX_LENGTH:-1])
@@ -220,13 +236,13 @@ def socket_inodes(pid: int, proc_root: Path, *, pinned: bool) -> set[int]:
         os.close(dir_fd)
 
 
-def _fd_targets(pid: int, dir_fd: int, fd_dir: Path, pinned: bool) -> Iterator[str]:
+def _fd_targets(pid: int, dir_fd: int, fd_dir: str, pinned: bool) -> Iterator[str]:
     try:
         names = os.listdir(dir_fd)
     except OSError as exc:
         if not pinned and exc.errno in _SKIPPED_ERRNOS:
             return
-        raise translate_os_error(exc, pid, fd_dir) from exc
+        raise translate_os_error(exc, pid, Path(fd_dir)) from exc
     for name in names:
         try:
             yield os.readlink(name, dir_fd=dir_fd)
@@ -235,12 +251,33 @@ def _fd_targets(pid: int, dir_fd: int, fd_dir: Path, pinned: bool) -> Iterator[s
                 continue  # the descriptor was closed between listdir and readlink
             if not pinned and exc.errno in _SKIPPED_ERRNOS:
                 return
-            raise translate_os_error(exc, pid, fd_dir / name) from exc
+            raise translate_os_error(exc, pid, Path(fd_dir, name)) from exc
 
 
 def cgroup_scope(cgroup_text: str, cgroup_root: Path) -> list[ScopeDir]:
     """Return the cgroup directories to scan for a process with this /proc/<pid>/cgroup."""
-    found: dict[str, ScopeDir] = {}
+    root = str(cgroup_root)
+    found: dict[tuple[int, int], ScopeDir] = {}
+    for hierarchy, controllers, relative, recursive in _scope_lines(cgroup_text):
+        mount = _mount_dir(hierarchy, controllers, root)
+        if mount is None:
+            continue
+        path = os.path.join(mount, relative)
+        info = _stat(path)
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            # Two hierarchies may be one directory (cpu and cpuacct mounted together).
+            found.setdefault((info.st_dev, info.st_ino), ScopeDir(path, recursive))
+    return list(found.values())
+
+
+@functools.lru_cache(maxsize=_PARSED_SCOPES_CACHED)
+def _scope_lines(cgroup_text: str) -> tuple[tuple[str, str, str, bool], ...]:
+    """Parse /proc/<pid>/cgroup into (hierarchy, controllers, relative path, recursive).
+
+    A pure function of the text, so its result is cached: callers of one pod send the
+    same text on every call. Whether the directories exist is checked on every call.
+    """
+    lines = []
     for line in cgroup_text.splitlines():
         hierarchy, _, rest = line.partition(":")
         controllers, separator, path = rest.partition(":")
@@ -249,55 +286,106 @@ def cgroup_scope(cgroup_text: str, cgroup_root: Path) -> list[ScopeDir]:
             continue  # outside the agent's cgroup namespace, or malformed
         if not components:
             continue  # the root cgroup of a hierarchy groups nothing, so it adds no scope
-        mount = _mount_dir(hierarchy, controllers, cgroup_root)
-        if mount is None:
-            continue
         pods = [index for index, part in enumerate(components) if is_pod_component(part)]
         if pods:
-            scope = ScopeDir(mount.joinpath(*components[: pods[-1] + 1]), recursive=True)
+            relative, recursive = components[: pods[-1] + 1], True
         else:
-            scope = ScopeDir(mount.joinpath(*components), recursive=False)
-        if scope.path.is_dir():
-            found.setdefault(os.path.realpath(scope.path), scope)
-    return list(found.values())
+            relative, recursive = components, False
+        lines.append((hierarchy, controllers, os.path.join(*relative), recursive))
+    return tuple(lines)
 
 
-def _mount_dir(hierarchy: str, controllers: str, cgroup_root: Path) -> Path | None:
+def _mount_dir(hierarchy: str, controllers: str, cgroup_root: str) -> str | None:
     if hierarchy == "0" and controllers == "":
-        candidates = [cgroup_root / "unified", cgroup_root]
-        return next((c for c in candidates if (c / "cgroup.controllers").exists()), None)
+        candidates = [os.path.join(cgroup_root, "unified"), cgroup_root]
+        return next((c for c in candidates if _exists(c, "cgroup.controllers")), None)
     names = [name.removeprefix("name=") for name in controllers.split(",") if name]
-    candidates = [cgroup_root / ",".join(names), *(cgroup_root / name for name in names)]
+    candidates = [
+        os.path.join(cgroup_root, ",".join(names)),
+        *(os.path.join(cgroup_root, name) for name in names),
+    ]
     return next(
         (
             c
             for c in candidates
-            if (c / "cgroup.procs").exists() and not (c / "cgroup.controllers").exists()
+            if _exists(c, "cgroup.procs") and not _exists(c, "cgroup.controllers")
         ),
         None,
     )
+
+
+def _stat(path: str) -> os.stat_result | None:
+    """Return os.stat of ``path``, or None where pathlib's exists() would say False."""
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        if exc.errno in _MISSING_ERRNOS:
+            return None
+        raise ProcUnreadableError(f"cannot read {path}: {exc}", pid=None, path=path) from exc
+    except ValueError:
+        return None  # a NUL byte or an unencodable character: no such file
+
+
+def _exists(directory: str, name: str) -> bool:
+    return _stat(os.path.join(directory, name)) is not None
 
 
 def pids_in_cgroups(scope_dirs: Iterable[ScopeDir]) -> set[int]:
     """Return the process ids listed in ``cgroup.procs`` of each directory (and below)."""
     pids: set[int] = set()
     for scope in scope_dirs:
-        directories = [scope.path]
-        if scope.recursive:
-            directories = [Path(top) for top, _, _ in os.walk(scope.path)]
+        directories = _walk(scope.path) if scope.recursive else [scope.path]
         for directory in directories:
-            pids |= _read_procs(directory / "cgroup.procs")
+            pids |= _read_procs(directory + "/cgroup.procs")
     return pids
 
 
-def _read_procs(path: Path) -> set[int]:
+def _walk(top: str) -> list[str]:
+    """Return ``top`` and every directory below it, skipping any that vanish meanwhile.
+
+    Like os.walk without onerror: a directory that cannot be listed (removed while it
+    is walked) is skipped, and symbolic links are not followed.
+    """
+    found = [top]
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                below = [entry.path for entry in entries if _is_dir(entry)]
+        except OSError:
+            continue
+        found.extend(below)
+        pending.extend(below)
+    return found
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
-        text = path.read_text()
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _read_procs(path: str) -> set[int]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return set()  # the cgroup was removed while it was walked
     except OSError as exc:
-        raise ProcUnreadableError(f"cannot read {path}: {exc}", pid=None, path=str(path)) from exc
-    return {int(field) for field in text.split()}
+        raise ProcUnreadableError(f"cannot read {path}: {exc}", pid=None, path=path) from exc
+    try:
+        chunks = []
+        # cgroupfs generates the list on read; it may arrive in several reads.
+        while chunk := os.read(fd, _PROCS_READ_BYTES):
+            chunks.append(chunk)
+    except FileNotFoundError:
+        return set()  # removed between open and read
+    except OSError as exc:
+        raise ProcUnreadableError(f"cannot read {path}: {exc}", pid=None, path=path) from exc
+    finally:
+        os.close(fd)
+    return {int(field) for field in b"".join(chunks).split()}
 
 
 def all_pids(proc_root: Path) -> set[int]:
