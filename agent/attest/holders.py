@@ -67,6 +67,7 @@ _MISSING_ERRNOS = frozenset(
 )
 _PROCS_READ_BYTES = 65536
 _PARSED_SCOPES_CACHED = 1024
+_MAX_CACHED_TEXT_CHARS = 4096
 _SOCKET_LINK_PREFIX = "socket:["
 _LINK_PREFIX_LENGTH = len(_SOCKET_LINK_PREFIX)
 
@@ -270,13 +271,20 @@ def cgroup_scope(cgroup_text: str, cgroup_root: Path) -> list[ScopeDir]:
     return list(found.values())
 
 
-@functools.lru_cache(maxsize=_PARSED_SCOPES_CACHED)
 def _scope_lines(cgroup_text: str) -> tuple[tuple[str, str, str, bool], ...]:
     """Parse /proc/<pid>/cgroup into (hierarchy, controllers, relative path, recursive).
 
-    A pure function of the text, so its result is cached: callers of one pod send the
-    same text on every call. Whether the directories exist is checked on every call.
+    The parse is a pure function of the text, so it is cached: callers of one pod send
+    the same text on every call. Whether the directories exist is checked on every
+    call. Texts longer than any real cgroup file are parsed without the cache, so the
+    cache stays small.
     """
+    if len(cgroup_text) > _MAX_CACHED_TEXT_CHARS:
+        return _parse_scope_lines(cgroup_text)
+    return _cached_scope_lines(cgroup_text)
+
+
+def _parse_scope_lines(cgroup_text: str) -> tuple[tuple[str, str, str, bool], ...]:
     lines = []
     for line in cgroup_text.splitlines():
         hierarchy, _, rest = line.partition(":")
@@ -293,6 +301,9 @@ def _scope_lines(cgroup_text: str) -> tuple[tuple[str, str, str, bool], ...]:
             relative, recursive = components, False
         lines.append((hierarchy, controllers, os.path.join(*relative), recursive))
     return tuple(lines)
+
+
+_cached_scope_lines = functools.lru_cache(maxsize=_PARSED_SCOPES_CACHED)(_parse_scope_lines)
 
 
 def _mount_dir(hierarchy: str, controllers: str, cgroup_root: str) -> str | None:
