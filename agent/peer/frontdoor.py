@@ -7,6 +7,11 @@ client preface, registers the connection, and relays bytes to the internal grpci
 server. The relay's client socket is bound to the abstract name derived from the
 connection id, so ``registry.lookup(context.peer())`` finds the connection.
 
+The relay runs on asyncio protocols and transports: each side's ``data_received``
+writes straight to the other side's transport, and a side whose write buffer is full
+pauses reading on the other side until it drains. This costs one callback per chunk
+instead of a task switch per read and per drain.
+
 Callers: run ``prepare_public_socket`` and ``prepare_internal_socket`` (agent.peer.
 sockets), start grpcio on ``unix:<internal_path>``, then ``await start()``; on
 shutdown ``await close()`` before stopping grpcio. Use one instance per event loop.
@@ -20,7 +25,7 @@ import logging
 import os
 import secrets
 import socket
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.denial import Reason
@@ -36,7 +41,9 @@ from agent.peer.sockets import PUBLIC_SOCKET_MODE, check_internal_dir
 logger = logging.getLogger(__name__)
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_RELAY_CHUNK_BYTES = 64 * 1024
+# Bytes kept from a client before its relay to grpcio is connected. Beyond this the
+# front door stops reading from the client until the relay takes the bytes.
+_MAX_PENDING_BYTES = 64 * 1024
 # Each relayed connection uses the accepted socket, a pidfd, the relay's internal socket
 # and grpcio's end of it.
 FDS_PER_CONNECTION = 4
@@ -74,9 +81,10 @@ class FrontDoor:
             raise PeerError("the front door is already started")
         check_internal_dir(self.internal_path)
         raise_open_file_limit(self.max_connections * FDS_PER_CONNECTION)
+        loop = asyncio.get_running_loop()
         try:
-            self._server = await asyncio.start_unix_server(
-                self._on_accept,
+            self._server = await loop.create_unix_server(
+                lambda: _PublicSide(self._on_accept),
                 path=str(self.public_path),
                 backlog=min(self.max_connections, socket.SOMAXCONN),
             )
@@ -105,10 +113,11 @@ class FrontDoor:
             if os.stat(self.public_path).st_ino == self._socket_inode:
                 os.unlink(self.public_path)
 
-    def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # A plain callback: this class owns the task, so close() can cancel it cleanly.
+    def _on_accept(self, public: _PublicSide) -> None:
+        # Runs in connection_made, so the caller is pinned before any byte is read.
+        # This class owns the task, so close() can cancel it cleanly.
         if len(self._tasks) >= self.max_connections:
-            self._reject_over_limit(writer)
+            self._reject_over_limit(public)
             return
         if self._rejected_over_limit:
             event(
@@ -119,11 +128,20 @@ class FrontDoor:
                 limit=self.max_connections,
             )
             self._rejected_over_limit = 0
-        task = asyncio.get_running_loop().create_task(self._handle(reader, writer))
+        try:
+            conn = self._pin(public.transport)
+        except Exception:
+            # A bug in one connection must not stop the accept loop; log it and drop it.
+            logger.exception("pinning the caller of a new connection failed")
+            conn = None
+        if conn is None:
+            public.transport.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._handle(conn, public))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _reject_over_limit(self, writer: asyncio.StreamWriter) -> None:
+    def _reject_over_limit(self, public: _PublicSide) -> None:
         if self._rejected_over_limit == 0:
             # Logged once per overload episode; the count follows when it ends.
             event(
@@ -133,15 +151,12 @@ class FrontDoor:
                 limit=self.max_connections,
             )
         self._rejected_over_limit += 1
-        writer.close()
+        public.transport.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, conn: Connection, public: _PublicSide) -> None:
         try:
-            conn = self._pin(writer)
-            if conn is None:
-                return
             try:
-                await self._serve(conn, reader, writer)
+                await self._serve(conn, public)
             finally:
                 conn.close()
                 event(logger, logging.DEBUG, "connection closed", conn_id=conn.conn_id)
@@ -149,12 +164,11 @@ class FrontDoor:
             # A bug in one connection must not stop the accept loop; log it and drop it.
             logger.exception("connection handler failed")
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            public.transport.close()
+            await public.lost
 
-    def _pin(self, writer: asyncio.StreamWriter) -> Connection | None:
-        sock = writer.get_extra_info("socket")
+    def _pin(self, transport: asyncio.Transport) -> Connection | None:
+        sock = transport.get_extra_info("socket")
         try:
             creds = peer_credentials(sock)
         except OSError as exc:
@@ -217,32 +231,29 @@ class FrontDoor:
             raise PinError(pid, f"cannot find the client end of its socket: {exc}") from exc
         return client_inode, read_exe_file(pid, pidfd, self._proc_root)
 
-    async def _serve(
-        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        preface = await self._read_preface(conn, reader)
-        if preface is None:
+    async def _serve(self, conn: Connection, public: _PublicSide) -> None:
+        if not await self._read_preface(conn, public):
             return
         self.registry.add(conn)
         try:
-            relay = await self._connect_internal(conn)
+            internal = await self._connect_internal(conn)
         except BaseException:
             self.registry.remove(conn)
             raise
-        if relay is None:
+        if internal is None:
             self.registry.remove(conn)
             return
         try:
-            await _relay(preface, reader, writer, relay)
+            await _relay(public, internal)
         finally:
             # Forget the connection before its abstract name is freed by the close.
             self.registry.remove(conn)
-            relay.close()
+            internal.transport.close()
 
-    async def _read_preface(self, conn: Connection, reader: asyncio.StreamReader) -> bytes | None:
+    async def _read_preface(self, conn: Connection, public: _PublicSide) -> bool:
         try:
-            preface = await asyncio.wait_for(
-                reader.readexactly(len(HTTP2_PREFACE)), self.preface_timeout
+            received = await asyncio.wait_for(
+                public.wait_for_bytes(len(HTTP2_PREFACE)), self.preface_timeout
             )
         except TimeoutError:
             event(
@@ -253,10 +264,10 @@ class FrontDoor:
                 pid=conn.pid,
                 limit=self.preface_timeout,
             )
-            return None
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None  # the caller went away before sending a request
-        if preface != HTTP2_PREFACE:
+            return False
+        if received is None:
+            return False  # the caller went away before sending a request
+        if received[: len(HTTP2_PREFACE)] != HTTP2_PREFACE:
             event(
                 logger,
                 logging.INFO,
@@ -264,16 +275,17 @@ class FrontDoor:
                 conn_id=conn.conn_id,
                 pid=conn.pid,
             )
-            return None
-        return preface
+            return False
+        return True
 
-    async def _connect_internal(self, conn: Connection) -> _InternalSide | None:
+    async def _connect_internal(self, conn: Connection) -> _RelaySide | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        loop = asyncio.get_running_loop()
         try:
             sock.setblocking(False)
             sock.bind("\0" + abstract_name(conn.conn_id))
-            await asyncio.get_running_loop().sock_connect(sock, str(self.internal_path))
-            internal_reader, internal_writer = await asyncio.open_unix_connection(sock=sock)
+            await loop.sock_connect(sock, str(self.internal_path))
+            _, internal = await loop.create_unix_connection(_RelaySide, sock=sock)
         except OSError as exc:
             sock.close()
             event(
@@ -288,42 +300,116 @@ class FrontDoor:
         except BaseException:
             sock.close()
             raise
-        return _InternalSide(internal_reader, internal_writer)
+        return internal
 
 
-@dataclass(frozen=True, slots=True)
-class _InternalSide:
-    """The relay's connection to the internal server, bound to the connection's name."""
+class _RelaySide(asyncio.Protocol):
+    """One socket of a relayed connection; it writes what it receives to its peer.
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    Until ``link`` connects it to its peer, received bytes are kept in ``pending``.
+    ``finished`` completes when the socket reaches EOF or is lost (either ends the
+    relay), ``lost`` when the transport is closed.
+    """
 
-    def close(self) -> None:
-        self.writer.close()
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.pending = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._peer: _RelaySide | None = None
+        self._needed = 0
+        self._arrived: asyncio.Future[None] | None = None
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        if self._transport is None:
+            raise PeerError("the relay socket is not connected yet")
+        return self._transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not isinstance(transport, asyncio.Transport):
+            raise PeerError(f"the relay needs a stream transport, got {transport!r}")
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        peer = self._peer
+        if peer is not None:
+            if not peer.transport.is_closing():
+                peer.transport.write(data)
+            return
+        self.pending += data
+        if len(self.pending) >= _MAX_PENDING_BYTES:
+            self.transport.pause_reading()
+        if self._arrived is not None and len(self.pending) >= self._needed:
+            _complete(self._arrived)
+
+    def eof_received(self) -> bool:
+        self._finish()
+        return False  # close the transport: the relay ends on EOF from either side
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+        _complete(self.lost)
+
+    def pause_writing(self) -> None:
+        # This side's write buffer is full: stop reading what would be written to it.
+        if self._peer is not None:
+            self._peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._peer is not None:
+            self._peer.transport.resume_reading()
+
+    async def wait_for_bytes(self, count: int) -> bytes | None:
+        """Return the pending bytes once at least ``count`` arrived, or None at EOF."""
+        while len(self.pending) < count:
+            if self.finished.done():
+                return None
+            self._needed = count
+            self._arrived = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait(
+                    (self._arrived, self.finished), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                self._arrived = None
+        return bytes(self.pending)
+
+    def link(self, peer: _RelaySide) -> None:
+        """Send pending bytes to ``peer`` and relay everything received from now on."""
+        self._peer = peer
+        data, self.pending = bytes(self.pending), bytearray()
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+        if data and not peer.transport.is_closing():
+            peer.transport.write(data)
+
+    def _finish(self) -> None:
+        _complete(self.finished)
+        if self._arrived is not None:
+            _complete(self._arrived)
 
 
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await source.read(_RELAY_CHUNK_BYTES):
-            sink.write(data)
-            await sink.drain()
+class _PublicSide(_RelaySide):
+    """The accepted socket; the front door pins its caller as soon as it is made."""
+
+    def __init__(self, on_accept: Callable[[_PublicSide], None]) -> None:
+        super().__init__()
+        self._on_accept = on_accept
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._on_accept(self)
 
 
-async def _relay(
-    preface: bytes,
-    client_reader: asyncio.StreamReader,
-    client_writer: asyncio.StreamWriter,
-    internal: _InternalSide,
-) -> None:
-    """Copy bytes both ways until either side closes, then stop both directions."""
-    internal.writer.write(preface)
-    directions = {
-        asyncio.ensure_future(_pump(client_reader, internal.writer)),
-        asyncio.ensure_future(_pump(internal.reader, client_writer)),
-    }
-    try:
-        await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for direction in directions:
-            direction.cancel()
-        await asyncio.gather(*directions, return_exceptions=True)
+def _complete(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _relay(public: _RelaySide, internal: _RelaySide) -> None:
+    """Copy bytes both ways until either side reaches EOF or closes."""
+    internal.link(public)
+    public.link(internal)  # sends the preface and whatever followed it
+    await asyncio.wait((public.finished, internal.finished), return_when=asyncio.FIRST_COMPLETED)
