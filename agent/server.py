@@ -225,14 +225,8 @@ async def run(settings: Settings, hooks: Sequence[ServiceHook] | None = None) ->
 
 
 def _ca_settings(settings: Settings) -> CASettings:
+    # The CA itself warns once when it creates or reuses a development CA.
     ca_dir = settings.state_dir / "ca"
-    if settings.uses_development_ca:
-        event(
-            logger,
-            logging.WARNING,
-            "development CA in use: set [ca] cert, key and bundle for production",
-            state_dir=ca_dir,
-        )
     return CASettings(
         trust_domain=settings.trust_domain,
         state_dir=ca_dir,

@@ -87,6 +87,8 @@ class BenchAgent:
             f'manifest_keys = ["{public_key}"]\n'
             f'trust_domain = "{TRUST_DOMAIN}"\n'
             f'log_level = "{log_level}"\n'
+            # Port 0: parallel agents (tests, other bench sections) never collide.
+            'health_address = "127.0.0.1:0"\n'
         )
         return cls(root, config, socket_path, manifests_dir, signing_key, root / "agent.log")
 
