@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from agent.admin.callers import CallerTable
 from agent.attest.evidence import Evidence
+from agent.attest.fairness import JoinableRuns
 from agent.ca import JwtBundle, X509Bundle, X509Svid
 from agent.decisions import DecisionRecorder
 from agent.denial import Denial, Reason
@@ -119,6 +120,10 @@ class CallerState:
     jwt_bundle: JwtBundle
 
     @property
+    def matched(self) -> tuple[Identity, ...]:
+        return tuple(held.identity for held in self.identities)
+
+    @property
     def spiffe_ids(self) -> tuple[str, ...]:
         return tuple(held.identity.spiffe_id for held in self.identities)
 
@@ -155,6 +160,7 @@ class IdentityResolver:
         self._metrics = metrics
         self._recorder = DecisionRecorder(audit)
         self._closed = asyncio.Event()
+        self._shared: JoinableRuns[str, Evidence | Denial] = JoinableRuns()
         self.callers = CallerTable()
 
     @property
@@ -190,15 +196,38 @@ class IdentityResolver:
         earliest manifest expiry and every ``reattest_interval`` seconds, and yields only
         when the state differs from the last one yielded. It ends without a Denial when
         the connection closes. ``api`` names the stream's API in the open-streams count.
+
+        When a wake re-attests: the first pass attests on its own, like a unary call,
+        so every stream start re-checks the pinned process. A later wake re-attests
+        when the manifest store changed, when ``reattest_interval`` has passed since
+        this stream's last attestation, or when another stream of the connection was
+        denied since. Any other wake (a renewal of any SVID on the node bumps the CA's
+        version) first computes the state from the last evidence and match. If that
+        state equals the one last yielded, nothing is sent and nothing re-attests. If
+        it differs (a renewed SVID, a new bundle), the stream re-attests before it
+        sends anything, so every yield still follows a fresh attestation.
+
+        Re-attestations after the first pass share one attestation per connection:
+        a wake joins one still running for the connection if it started after the
+        latest manifest and CA change that this wake has seen.
         """
         opened = self._metrics.open_stream(api) if self._metrics else contextlib.nullcontext()
         with self.callers.stream(conn, api), opened:
             previous: CallerState | None = None
+            basis: _Basis | None = None
             while not conn.closed:
+                if self._closed.is_set():
+                    raise ResolverClosedError
                 # Read the versions before resolving so a change during resolve is not lost.
-                seen_store = self._store.notifier.version
-                seen_ca = self._authority.notifier.version
-                evidence, outcome = await self._evaluate(conn)
+                seen = self._versions()
+                if (
+                    basis is not None
+                    and previous is not None
+                    and await self._nothing_to_send(conn, basis, previous)
+                ):
+                    await self._wait_for_change(*seen, self._wake_delay(previous, basis))
+                    continue
+                evidence, outcome = await self._evaluate(conn, None if basis is None else seen)
                 if conn.closed:
                     return
                 # Another stream of the same connection may have been granted already.
@@ -207,10 +236,32 @@ class IdentityResolver:
                 if isinstance(outcome, Denial):
                     yield _revocation(outcome) if revoking else outcome
                     return
+                basis = _Basis(outcome.evidence, outcome.matched, seen[0], time.monotonic())
                 if previous is None or outcome.fingerprint() != previous.fingerprint():
                     previous = outcome
                     yield outcome
-                await self._wait_for_change(seen_store, seen_ca, self._wake_delay(outcome))
+                await self._wait_for_change(*seen, self._wake_delay(outcome, basis))
+
+    async def _nothing_to_send(
+        self, conn: Connection, basis: _Basis, previous: CallerState
+    ) -> bool:
+        """Tell whether a wake may skip re-attestation because nothing would be sent.
+
+        False when the store changed, ``reattest_interval`` has passed, another stream
+        of the connection was denied since, or the state issued from ``basis`` differs
+        from the state last yielded.
+        """
+        if self._store.notifier.version != basis.store_version:
+            return False
+        if time.monotonic() - basis.attested_at >= self._reattest_interval:
+            return False
+        if self.callers.record(conn).granted is None:
+            return False
+        current = _unexpired(basis.matched, datetime.now(UTC))
+        if not current:
+            return False
+        state = await self._issue(basis.evidence, current)
+        return state.fingerprint() == previous.fingerprint()
 
     async def recheck(self, conn: Connection) -> Match:
         """Attest and match ``conn`` now, without issuing, recording or counting anything."""
@@ -243,12 +294,23 @@ class IdentityResolver:
             )
         return current
 
-    async def _evaluate(self, conn: Connection) -> tuple[Evidence | None, CallerState | Denial]:
-        """Attest, match and issue; the attestation is counted once, minting excluded."""
+    async def _evaluate(
+        self, conn: Connection, shared_since: tuple[int, int] | None = None
+    ) -> tuple[Evidence | None, CallerState | Denial]:
+        """Attest, match and issue; the attestation is counted once, minting excluded.
+
+        With ``shared_since`` (store and CA versions) the attestation may be one that
+        is running for the same connection and started at or after those versions.
+        """
         if self._closed.is_set():
             raise ResolverClosedError
         started = time.perf_counter()
-        attested = await self._attestor.attest(conn)
+        if shared_since is None:
+            attested = await self._attestor.attest(conn)
+        else:
+            attested = await self._shared.run(
+                conn.conn_id, shared_since, self._versions(), lambda: self._attestor.attest(conn)
+            )
         matched = attested if isinstance(attested, Denial) else self._match(attested)
         if self._metrics is not None:
             denial = matched if isinstance(matched, Denial) else None
@@ -276,15 +338,23 @@ class IdentityResolver:
             jwt_bundle=self._authority.jwt_bundle(),
         )
 
-    def _wake_delay(self, state: CallerState) -> float:
+    def _versions(self) -> tuple[int, int]:
+        return self._store.notifier.version, self._authority.notifier.version
+
+    def _wake_delay(self, state: CallerState, basis: _Basis) -> float:
         """Return seconds until the next re-check: re-attestation, SVID refresh or expiry."""
         now = datetime.now(UTC)
-        deadlines: list[float] = [self._reattest_interval]
+        reattest_at = basis.attested_at + self._reattest_interval
+        deadlines: list[float] = [reattest_at - time.monotonic()]
         for held in state.identities:
-            # The CA re-mints at half of the lifetime; ask again just after that point.
+            # The CA re-mints at about half of the lifetime; ask again just after that
+            # point. Once it has passed, the CA's change notification reports the
+            # renewal, and a 50 ms wake until then would only spin.
             lifetime = held.svid.not_after - held.svid.not_before
             refresh_at = held.svid.not_before + lifetime / 2
-            deadlines.append((refresh_at - now).total_seconds() + 0.05)
+            refresh_in = (refresh_at - now).total_seconds() + 0.05
+            if refresh_in > 0:
+                deadlines.append(refresh_in)
             if held.identity.not_after is not None:
                 deadlines.append((held.identity.not_after - now).total_seconds() + 0.05)
         return max(0.05, min(deadlines))
@@ -303,6 +373,17 @@ class IdentityResolver:
             for waiter in waiters:
                 with contextlib.suppress(asyncio.CancelledError):
                     await waiter
+
+
+@dataclass(frozen=True, slots=True)
+class _Basis:
+    """A stream's last attestation: its evidence, the identities it matched, the store
+    version read before it, and its time.monotonic() time."""
+
+    evidence: Evidence
+    matched: tuple[Identity, ...]
+    store_version: int
+    attested_at: float
 
 
 def _unexpired(identities: Sequence[Identity], now: datetime) -> tuple[Identity, ...]:
