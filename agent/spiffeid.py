@@ -126,10 +126,9 @@ def _strip_scheme(text: str) -> str:
         return text[len(SCHEME_PREFIX) :]
     if text.lower().startswith(SCHEME_PREFIX):
         fixed = SCHEME_PREFIX + text[len(SCHEME_PREFIX) :]
-        raise InvalidSpiffeIdError(
-            text, "uppercase_scheme", "the scheme contains upper case",
-            f"lowercase it: {fixed!r}",
-        )
+        # Suggest the corrected text only when it would be accepted as it stands.
+        fix = f"lowercase it: {fixed!r}" if _is_valid(fixed) else "write the scheme as 'spiffe://'"
+        raise InvalidSpiffeIdError(text, "uppercase_scheme", "the scheme contains upper case", fix)
     raise InvalidSpiffeIdError(
         text, "bad_scheme", "a SPIFFE ID starts with 'spiffe://'",
         "write it as spiffe://<trust domain>/<path>",
@@ -155,10 +154,15 @@ def _check_trust_domain(text: str, name: str) -> None:
         )
     if any(char in string.ascii_uppercase for char in name):
         lowered = name.translate(_ASCII_LOWERCASE)
-        raise InvalidSpiffeIdError(
-            text, "uppercase_trust_domain", "the trust domain contains upper case",
-            f"lowercase it: {text.replace(name, lowered, 1)!r}",
-        )
+        if _only(lowered, _TRUST_DOMAIN_CHARS):
+            problem = "the trust domain contains upper case"
+            fix = f"lowercase it: {text.replace(name, lowered, 1)!r}"
+        else:
+            # Lowercasing alone would not make it valid, so suggesting it would mislead.
+            bad = _first_outside(lowered, _TRUST_DOMAIN_CHARS)
+            problem = f"the trust domain contains upper case and {bad!r}"
+            fix = "use only lowercase letters, digits, '.', '_' and '-'"
+        raise InvalidSpiffeIdError(text, "uppercase_trust_domain", problem, fix)
     if not _only(name, _TRUST_DOMAIN_CHARS):
         bad = _first_outside(name, _TRUST_DOMAIN_CHARS)
         raise InvalidSpiffeIdError(
@@ -189,6 +193,18 @@ def _check_path(text: str, path: str) -> None:
                 text, "invalid_path_char", f"the path segment {segment!r} contains {bad!r}",
                 "use only letters, digits, '.', '_' and '-' in path segments",
             )
+
+
+def _is_valid(text: str) -> bool:
+    """Tell whether ``text`` is a valid workload SPIFFE ID or trust domain."""
+    try:
+        if "/" in text[len(SCHEME_PREFIX) :]:
+            SpiffeId.parse(text)
+        else:
+            parse_trust_domain(text)
+    except InvalidSpiffeIdError:
+        return False
+    return True
 
 
 def _only(text: str, allowed: frozenset[str]) -> bool:

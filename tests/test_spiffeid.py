@@ -95,6 +95,24 @@ def test_uppercase_scheme_message_says_lowercase() -> None:
     assert "lowercase it: 'spiffe://example.org/web'" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("Bad Domain", "contains upper case and ' '"),
+        ("spiffe://EX AMPLE/web", "contains upper case and ' '"),
+        ("SPIFFE://Example.org/web", "the scheme contains upper case"),
+    ],
+    ids=["td_space", "id_td_space", "scheme_and_td"],
+)
+def test_lowercase_suggested_only_if_valid(text: str, problem: str) -> None:
+    parse = SpiffeId.parse if "/" in text.partition("://")[2] else parse_trust_domain
+    with pytest.raises(InvalidSpiffeIdError) as caught:
+        parse(text)
+    message = str(caught.value)
+    assert problem in message
+    assert "lowercase it" not in message
+
+
 def test_message_names_bad_segment() -> None:
     with pytest.raises(InvalidSpiffeIdError) as caught:
         SpiffeId.parse("spiffe://example.org/a/b c")
