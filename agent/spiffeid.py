@@ -126,7 +126,7 @@ def _strip_scheme(text: str) -> str:
         return text[len(SCHEME_PREFIX) :]
     if text.lower().startswith(SCHEME_PREFIX):
         fixed = SCHEME_PREFIX + text[len(SCHEME_PREFIX) :]
-        # Suggest the corrected text only when it would be accepted as it stands.
+        # Suggest the corrected text only when the parser would accept it unchanged.
         fix = f"lowercase it: {fixed!r}" if _is_valid(fixed) else "write the scheme as 'spiffe://'"
         raise InvalidSpiffeIdError(text, "uppercase_scheme", "the scheme contains upper case", fix)
     raise InvalidSpiffeIdError(
