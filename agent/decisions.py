@@ -13,9 +13,10 @@ unary call) writes nothing:
 - a denial: ``revoked`` for every identity the connection held, else ``denied``
   (once per reason until the next grant).
 
-Audit records carry the evidence, the SPIFFE ID, the manifest files and the reason,
-and never key material (see agent.telemetry.audit). A failing audit log is logged once
-per failure and does not stop the decision.
+Serials are logged in lowercase hex without a prefix, as the CA, ``api fetch x509``
+and ``drift`` print them. Audit records carry the evidence, the SPIFFE ID, the manifest
+files and the reason, and never key material (see agent.telemetry.audit). A failing
+audit log is logged once per failure and does not stop the decision.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class DecisionRecorder:
                 conn_id=conn.conn_id,
                 exe_sha256=state.evidence.exe_sha256,
                 spiffe_id=spiffe_id,
-                serial=serial,
+                serial=f"{serial:x}",
                 not_after=held.svid.not_after.isoformat(),
                 reason="matched" if decision is Decision.ISSUED else "renewed",
             )

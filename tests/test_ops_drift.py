@@ -146,6 +146,7 @@ def test_drift_reports_exec(pythons: dict[str, CopiedBinary]) -> None:
         steady.next_event("message")
 
         before = run_drift(files, "--json")
+        issued_line = agent.wait_for_log("identity issued", f"pid={steady.pid}")
         drifting.exec_into(swapped)
         after = run_drift(files, "--json")
         table = run_drift(files)
@@ -154,6 +155,9 @@ def test_drift_reports_exec(pythons: dict[str, CopiedBinary]) -> None:
     callers = callers_by_pid(before)
     assert callers[drifting.pid]["status"] == "match"
     assert callers[steady.pid]["status"] == "match"
+    # The log and drift print the same serial, in lowercase hex.
+    serial = callers[steady.pid]["identities"][0]["serial"]
+    assert f"serial={serial} " in issued_line
 
     assert after.returncode == 1, after.stdout + after.stderr
     callers = callers_by_pid(after)

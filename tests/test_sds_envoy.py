@@ -222,12 +222,13 @@ def test_rotation_reaches_envoy(mesh: Mesh) -> None:
     assert get_until(mesh.client_port, 200)[0] == 200
     start = len(mesh.agent.log())
     renewed = mesh.agent.wait_for_log(
-        rf"msg=identity issued .*spiffe_id={re.escape(CLIENT_ID)} serial=(\d+)[^\n]*reason=renewed",
+        rf"msg=identity issued .*spiffe_id={re.escape(CLIENT_ID)} "
+        r"serial=([0-9a-f]+)[^\n]*reason=renewed",
         CLIENT_TTL_SECONDS + STEP,
         start,
     )
     rotated_at = time.monotonic()
-    serial = int(renewed.group(1))
+    serial = int(renewed.group(1), 16)
     while serial not in mesh.client.cert_chain_serials():
         assert time.monotonic() - rotated_at <= ROTATION_VISIBLE_SECONDS, mesh.client.certs()
         time.sleep(0.05)
