@@ -48,6 +48,7 @@ FIELD_NAMES: frozenset[str] = frozenset(
         "socket",
         "state_dir",
         "manifests_dir",
+        "manifest_keys",
         "signal",
     }
 )

@@ -138,7 +138,7 @@ class Agent:
             state_dir=settings.state_dir,
             manifests_dir=settings.manifests_dir,
             trust_domain=settings.trust_domain,
-            count=len(trusted_keys),
+            manifest_keys=len(trusted_keys),
         )
 
     async def _start_grpc(self, resolver: IdentityResolver, telemetry: AgentTelemetry) -> None:

@@ -146,6 +146,14 @@ def test_health_disabled() -> None:
     assert "health server listening" not in log_text
 
 
+def test_started_log_counts_keys() -> None:
+    with agent_files() as files, start_agent(files) as agent:
+        started = agent.wait_for_log("agent started")
+    # The test config trusts one manifest signing key.
+    assert " manifest_keys=1" in started
+    assert " count=" not in started
+
+
 @pytest.mark.parametrize(
     "service", ["", "SpiffeWorkloadAPI", "envoy.service.secret.v3.SecretDiscoveryService"],
     ids=["server", "workload-api", "sds"],
