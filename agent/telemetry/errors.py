@@ -31,7 +31,8 @@ class HealthServerError(TelemetryError):
         self.address = address
         super().__init__(
             f"cannot listen on health_address {address!r}: {detail}; "
-            "free the port or set another health_address"
+            "free the port, or set health_address in the --config file "
+            '("" turns the endpoint off)'
         )
 
 
