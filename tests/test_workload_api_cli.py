@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -162,4 +163,64 @@ def test_healthcheck_up_and_down() -> None:
             assert up.returncode == 0, up.stderr
         down = cli(["healthcheck", "--socket", str(files.socket_path), "--timeout", "2"])
     assert down.returncode == 1
-    assert "agent not healthy" in down.stderr
+    assert down.stderr.startswith(
+        f"attest-agent healthcheck: cannot reach the agent at unix://{files.socket_path}: "
+        "is it running?"
+    )
+    assert "(grpc: UNAVAILABLE, connect: " in down.stderr
+    assert down.stderr.count("\n") == 1
+
+
+def stale_socket(path: Path) -> Path:
+    """Leave a socket file that nothing listens on, as a crashed agent does."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+        bound.bind(str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "connect_error"),
+    [("missing", "No such file or directory"), ("stale", "Connection refused")],
+)
+@pytest.mark.parametrize("command", [["api", "fetch", "x509"], ["healthcheck"]],
+                         ids=["api", "healthcheck"])
+def test_agent_unreachable(
+    case: str, connect_error: str, command: list[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "api.sock"
+    if case == "stale":
+        stale_socket(path)
+    result = cli([command[0], "--socket", str(path), *command[1:]])
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        f"attest-agent {command[0]}: cannot reach the agent at unix://{path}: is it running?"
+    )
+    assert f"(grpc: UNAVAILABLE, connect: {connect_error})" in result.stderr
+    assert "failed to connect to all addresses" not in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def help_text(args: list[str]) -> str:
+    """Return the --help output, wide enough that argparse does not wrap a line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", *args, "--help"],
+        cwd=REPO_ROOT, env={**os.environ, "COLUMNS": "400"},
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    return result.stdout
+
+
+def test_api_help_names_defaults() -> None:
+    top = help_text(["api"])
+    fetch_jwt = help_text(["api", "fetch", "jwt"])
+    validate_jwt = help_text(["api", "validate", "jwt"])
+    health = help_text(["healthcheck"])
+
+    assert "(default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/attest-agent/public/api.sock)" in top
+    assert "(default: 10)" in top
+    assert "audience (aud claim) of the JWT-SVID; repeat" in fetch_jwt
+    assert "audience the token must carry in its aud claim" in validate_jwt
+    assert "else /tmp/attest-agent/public/api.sock)" in health
+    assert "(default: 3)" in health

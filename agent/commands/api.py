@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from agent._proto import workload_pb2, workload_pb2_grpc
-from agent.commands.endpoint import socket_target
+from agent.commands.endpoint import SOCKET_HELP, socket_target, unreachable_message
 from agent.errors import AgentError
 
 SECURITY_METADATA = (("workload.spiffe.io", "true"),)
@@ -33,12 +33,10 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add the ``api`` parser and its sub-commands."""
     parser = subparsers.add_parser("api", help="call the Workload API as this process")
-    parser.add_argument(
-        "--socket", help="agent socket path or unix:///path (default: SPIFFE_ENDPOINT_SOCKET)"
-    )
+    parser.add_argument("--socket", help=SOCKET_HELP)
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
-        help="seconds to wait for the first response (default 10)",
+        help="seconds to wait for the first response (default: %(default)g)",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -51,15 +49,24 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     fetch_x509.set_defaults(handler=_handler(fetch_x509_command))
     fetch_jwt = kinds.add_parser("jwt", help="fetch JWT-SVIDs for an audience")
-    fetch_jwt.add_argument("--audience", action="append", required=True, help="repeatable")
-    fetch_jwt.add_argument("--spiffe-id", default="", help="only this identity")
+    fetch_jwt.add_argument(
+        "--audience", action="append", required=True,
+        help="audience (aud claim) of the JWT-SVID; repeat for several audiences",
+    )
+    fetch_jwt.add_argument(
+        "--spiffe-id", default="",
+        help="fetch only the JWT-SVID for this SPIFFE ID (default: every identity)",
+    )
     fetch_jwt.set_defaults(handler=_handler(fetch_jwt_command))
 
     validate = actions.add_parser("validate", help="validate a JWT-SVID")
     validate_kinds = validate.add_subparsers(dest="kind", metavar="KIND", required=True)
     validate_jwt = validate_kinds.add_parser("jwt", help="validate a JWT-SVID for an audience")
-    validate_jwt.add_argument("--audience", required=True)
-    validate_jwt.add_argument("--svid", required=True, help="the token")
+    validate_jwt.add_argument(
+        "--audience", required=True,
+        help="audience the token must carry in its aud claim",
+    )
+    validate_jwt.add_argument("--svid", required=True, help="the JWT-SVID token to validate")
     validate_jwt.set_defaults(handler=_handler(validate_jwt_command))
 
     watch = actions.add_parser("watch", help="print every X.509-SVID update until interrupted")
@@ -80,7 +87,7 @@ def _handler(command: Command) -> Callable[[argparse.Namespace], int]:
             with grpc.insecure_channel(target) as channel:
                 return command(workload_pb2_grpc.SpiffeWorkloadAPIStub(channel), args)
         except grpc.RpcError as error:
-            print(f"attest-agent api: {error.code().name}: {error.details()}", file=sys.stderr)
+            print(f"attest-agent api: {_rpc_error_text(error, target)}", file=sys.stderr)
             return 1
         except ValueError as error:
             print(f"attest-agent api: invalid response from the agent: {error}", file=sys.stderr)
@@ -93,6 +100,17 @@ def _handler(command: Command) -> Callable[[argparse.Namespace], int]:
             return 130
 
     return handle
+
+
+def _rpc_error_text(error: grpc.RpcError, target: str) -> str:
+    # PERMISSION_DENIED and the agent's own UNAVAILABLE statuses carry a reason code in
+    # their details, so those are printed as they are.
+    code = error.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        unreachable = unreachable_message(target, code.name)
+        if unreachable is not None:
+            return unreachable
+    return f"{code.name}: {error.details()}"
 
 
 def fetch_x509_command(stub: Any, args: argparse.Namespace) -> int:

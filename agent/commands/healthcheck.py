@@ -15,13 +15,14 @@ from typing import Any
 
 import grpc
 
-from agent.commands.endpoint import socket_target
+from agent.commands.endpoint import SOCKET_HELP, socket_target, unreachable_message
 from agent.errors import AgentError
 
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 # HealthCheckResponse.ServingStatus values from grpc/health/v1/health.proto.
 SERVING_STATUS_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 SERVING = 1
+PREFIX = "attest-agent healthcheck: "
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -29,11 +30,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "healthcheck", help="exit 0 when the agent responds on its socket"
     )
+    parser.add_argument("--socket", help=SOCKET_HELP)
     parser.add_argument(
-        "--socket", help="agent socket path or unix:///path (default: SPIFFE_ENDPOINT_SOCKET)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=3.0, help="seconds to wait for the response (default 3)"
+        "--timeout", type=float, default=3.0,
+        help="seconds to wait for the response (default: %(default)g)",
     )
     parser.set_defaults(handler=healthcheck)
 
@@ -43,7 +43,7 @@ def healthcheck(args: argparse.Namespace) -> int:
     try:
         target = socket_target(args.socket, os.environ)
     except AgentError as error:
-        print(f"attest-agent healthcheck: {error}", file=sys.stderr)
+        print(f"{PREFIX}{error}", file=sys.stderr)
         return 2
     with grpc.insecure_channel(target) as channel:
         # The request is an empty HealthCheckRequest (service ""), which encodes to no
@@ -55,15 +55,25 @@ def healthcheck(args: argparse.Namespace) -> int:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                 print("agent answered (no health service registered)")
                 return 0
-            print(f"agent not healthy: {error.code().name}: {error.details()}", file=sys.stderr)
+            _report_unhealthy(error, target)
             return 1
     status = _serving_status(response)
     name = SERVING_STATUS_NAMES.get(status, str(status))
     if status != SERVING:
-        print(f"agent not healthy: {name}", file=sys.stderr)
+        print(f"{PREFIX}agent not healthy: {name}", file=sys.stderr)
         return 1
     print(name)
     return 0
+
+
+def _report_unhealthy(error: grpc.RpcError, target: str) -> None:
+    code = error.code()
+    message = None
+    if code == grpc.StatusCode.UNAVAILABLE:
+        message = unreachable_message(target, code.name)
+    if message is None:
+        message = f"agent not healthy: {code.name}: {error.details()}"
+    print(f"{PREFIX}{message}", file=sys.stderr)
 
 
 def _serving_status(response: bytes) -> int:
