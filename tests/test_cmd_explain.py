@@ -293,13 +293,61 @@ def test_explain_development_key(
     assert "the agent's development key" in text.stdout
 
 
+def test_explain_dev_key_without_config(
+    tmp_path: Path, keys: dict[str, KeyPair], workload: Workload
+) -> None:
+    sleep, pod, proc = workload
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    development = make_key(tmp_path / "dev", "p256")
+    openssl("pkey", "-in", development.private, "-pubout", "-out", state_dir / "dev-manifest.pub")
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_manifest(manifests, "web.json", pod_doc(pod.pod_uid, sleep.sha256, "web"), development)
+
+    result = explain("--pid", proc.pid, "--state-dir", state_dir, "--manifests-dir", manifests,
+                     "--json")
+    text = explain("--pid", proc.pid, "--state-dir", state_dir, "--manifests-dir", manifests)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["development_key"] is True
+    assert [key["path"] for key in report["trusted_keys"]] == [str(state_dir / "dev-manifest.pub")]
+    assert text.returncode == 0, text.stderr
+    assert "the agent's development key" in text.stdout
+
+
+def test_explain_default_state_dir(tmp_path: Path, workload: Workload) -> None:
+    # No --config and no --state-dir: the run command's default state_dir applies. The
+    # test does not own that directory, so it checks whichever outcome its content gives.
+    _sleep, _pod, proc = workload
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    default_key = "/tmp/attest-agent/state/dev-manifest.pub"
+
+    result = explain("--pid", proc.pid, "--manifests-dir", manifests, "--json")
+
+    if Path(default_key).is_file():
+        assert result.returncode == 1, result.stderr
+        report = json.loads(result.stdout)
+        assert report["development_key"] is True
+        assert [key["path"] for key in report["trusted_keys"]] == [default_key]
+    else:
+        assert result.returncode == 2
+        assert f"the agent's development key {default_key} does not exist" in result.stderr
+
+
 def test_explain_without_key(tmp_path: Path) -> None:
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    result = explain("--pid", 1, "--manifests-dir", manifests)
+    empty_state = tmp_path / "empty-state"
+    result = explain("--pid", 1, "--manifests-dir", manifests, "--state-dir", empty_state)
     assert result.returncode == 2
     assert result.stdout == ""
+    assert f"development key {empty_state / 'dev-manifest.pub'} does not exist" in result.stderr
     assert "--manifest-key" in result.stderr
+    assert "--config" in result.stderr
+    assert "--state-dir" in result.stderr
 
     state_dir = tmp_path / "state"
     config = write_config(

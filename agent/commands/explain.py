@@ -7,9 +7,10 @@ Manifests that fail to load are listed with the reason, because the agent skips 
 
 Settings come from ``--config FILE`` (the agent's TOML file: manifests_dir,
 manifest_keys, trust_domain, state_dir, spiffe_id_template) with flags taking
-precedence. When no manifest key is configured, the agent trusts the development key
-``<state_dir>/dev-manifest.pub``. This command uses that key too when ``--config`` is
-given and the file exists. Otherwise it requires ``--manifest-key``.
+precedence. Without ``--config`` the defaults apply, as for ``attest-agent run`` with
+no arguments. When no manifest key is configured, the agent trusts the development key
+``<state_dir>/dev-manifest.pub``, and this command uses that key too if the file
+exists. Otherwise it fails with an error that names the path it looked for.
 
 Exit status: 0 when the process would get at least one identity, 1 when it would not
 (attestation failed or no manifest grants one), 2 for usage or configuration errors.
@@ -111,7 +112,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Attest a running process as the agent would, check it against every manifest "
             "file, and print the evidence, each manifest's verdict and the decision. Run "
-            "it as root in the agent's PID namespace. Flags override the config file. "
+            "it as root in the agent's PID namespace. Flags override the config file, "
+            "and without --config the defaults of 'attest-agent run' apply. "
             "Exit status: 0 if the process would get an identity, 1 if not, 2 for usage "
             "or configuration errors."
         ),
@@ -124,6 +126,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="PEM public key trusted to sign manifests; repeat for several keys",
     )
     parser.add_argument("--trust-domain", help="trust domain (default: cluster.local)")
+    parser.add_argument(
+        "--state-dir", type=Path,
+        help="the agent's state_dir, where it keeps dev-manifest.pub "
+        "(default: /tmp/attest-agent/state)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run_explain)
 
@@ -173,6 +180,7 @@ def load_setup(args: argparse.Namespace) -> ExplainSetup:
         "manifests_dir": _absolute(args.manifests_dir),
         "manifest_keys": [_absolute(path) for path in args.manifest_keys or ()] or None,
         "trust_domain": args.trust_domain,
+        "state_dir": _absolute(args.state_dir),
     }
     settings = load_settings(args.config, overrides)
     key_paths, development = _key_paths(settings, args.config)
@@ -193,21 +201,22 @@ def _absolute(path: Path | None) -> Path | None:
 def _key_paths(settings: Settings, config: Path | None) -> tuple[tuple[Path, ...], bool]:
     if settings.manifest_keys:
         return settings.manifest_keys, False
-    if config is None:
-        raise ConfigError(
-            "no manifest key to check signatures with: pass --manifest-key PUB, or "
-            "--config with the agent's config file"
-        )
     # Imported here because agent.server loads grpc, which the other paths do not need.
     from agent.server import DEV_MANIFEST_PUBLIC_KEY_NAME  # noqa: PLC0415
 
     development = settings.state_dir / DEV_MANIFEST_PUBLIC_KEY_NAME
-    if not development.is_file():
+    if development.is_file():
+        return (development,), True
+    if config is not None:
         raise ConfigError(
             f"{config} sets no manifest_keys and the agent's development key {development} "
             "does not exist: pass --manifest-key PUB"
         )
-    return (development,), True
+    raise ConfigError(
+        f"no manifest key to check signatures with: the agent's development key "
+        f"{development} does not exist. Pass --manifest-key PUB, --config with the "
+        "agent's config file, or --state-dir with the agent's state_dir"
+    )
 
 
 def load_manifests(setup: ExplainSetup) -> tuple[list[ManifestRow], list[Manifest]]:
