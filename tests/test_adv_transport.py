@@ -200,11 +200,6 @@ def test_disconnect_mid_stream(served: ServedPod, control: GrpcClient) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="on 2 shared cores the control fetch during a 500-client burst takes 1.0-1.5 s: "
-    "the event loop that relays every byte is the bottleneck (docs/security.md)",
-)
 def test_many_clients_at_once(
     served: ServedPod, control: GrpcClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
