@@ -7,10 +7,7 @@ client preface, registers the connection, and relays bytes to the internal grpci
 server. The relay's client socket is bound to the abstract name derived from the
 connection id, so ``registry.lookup(context.peer())`` finds the connection.
 
-The relay runs on asyncio protocols and transports: each side's ``data_received``
-writes straight to the other side's transport, and a side whose write buffer is full
-pauses reading on the other side until it drains. This costs one callback per chunk
-instead of a task switch per read and per drain.
+The byte relay itself, with its flow control, is in agent.peer.relay.
 
 Callers: run ``prepare_public_socket`` and ``prepare_internal_socket`` (agent.peer.
 sockets), start grpcio on ``unix:<internal_path>``, then ``await start()``; on
@@ -25,7 +22,6 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 from agent.denial import Reason
@@ -35,15 +31,13 @@ from agent.peer.errors import PeerError, PinError
 from agent.peer.limits import raise_open_file_limit
 from agent.peer.process import peer_credentials, pin_peer, read_exe_file
 from agent.peer.registry import PeerRegistry, abstract_name
+from agent.peer.relay import PublicSide, RelaySide, relay
 from agent.peer.sockdiag import FileDescriptorOwner, client_socket_inode
 from agent.peer.sockets import PUBLIC_SOCKET_MODE, check_internal_dir
 
 logger = logging.getLogger(__name__)
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-# Bytes kept from a client before its relay to grpcio is connected. Beyond this the
-# front door stops reading from the client until the relay takes the bytes.
-_MAX_PENDING_BYTES = 64 * 1024
 # Each relayed connection uses the accepted socket, a pidfd, the relay's internal socket
 # and grpcio's end of it.
 FDS_PER_CONNECTION = 4
@@ -84,7 +78,7 @@ class FrontDoor:
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_unix_server(
-                lambda: _PublicSide(self._on_accept),
+                lambda: PublicSide(self._on_accept),
                 path=str(self.public_path),
                 backlog=min(self.max_connections, socket.SOMAXCONN),
             )
@@ -113,7 +107,7 @@ class FrontDoor:
             if os.stat(self.public_path).st_ino == self._socket_inode:
                 os.unlink(self.public_path)
 
-    def _on_accept(self, public: _PublicSide) -> None:
+    def _on_accept(self, public: PublicSide) -> None:
         # Runs in connection_made, so the caller is pinned before any byte is read.
         # This class owns the task, so close() can cancel it cleanly.
         if len(self._tasks) >= self.max_connections:
@@ -141,7 +135,7 @@ class FrontDoor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _reject_over_limit(self, public: _PublicSide) -> None:
+    def _reject_over_limit(self, public: PublicSide) -> None:
         if self._rejected_over_limit == 0:
             # Logged once per overload episode; the count follows when it ends.
             event(
@@ -153,7 +147,7 @@ class FrontDoor:
         self._rejected_over_limit += 1
         public.transport.close()
 
-    async def _handle(self, conn: Connection, public: _PublicSide) -> None:
+    async def _handle(self, conn: Connection, public: PublicSide) -> None:
         try:
             try:
                 await self._serve(conn, public)
@@ -231,7 +225,7 @@ class FrontDoor:
             raise PinError(pid, f"cannot find the client end of its socket: {exc}") from exc
         return client_inode, read_exe_file(pid, pidfd, self._proc_root)
 
-    async def _serve(self, conn: Connection, public: _PublicSide) -> None:
+    async def _serve(self, conn: Connection, public: PublicSide) -> None:
         if not await self._read_preface(conn, public):
             return
         self.registry.add(conn)
@@ -244,13 +238,13 @@ class FrontDoor:
             self.registry.remove(conn)
             return
         try:
-            await _relay(public, internal)
+            await relay(public, internal)
         finally:
             # Forget the connection before its abstract name is freed by the close.
             self.registry.remove(conn)
             internal.transport.close()
 
-    async def _read_preface(self, conn: Connection, public: _PublicSide) -> bool:
+    async def _read_preface(self, conn: Connection, public: PublicSide) -> bool:
         try:
             received = await asyncio.wait_for(
                 public.wait_for_bytes(len(HTTP2_PREFACE)), self.preface_timeout
@@ -278,14 +272,14 @@ class FrontDoor:
             return False
         return True
 
-    async def _connect_internal(self, conn: Connection) -> _RelaySide | None:
+    async def _connect_internal(self, conn: Connection) -> RelaySide | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         loop = asyncio.get_running_loop()
         try:
             sock.setblocking(False)
             sock.bind("\0" + abstract_name(conn.conn_id))
             await loop.sock_connect(sock, str(self.internal_path))
-            _, internal = await loop.create_unix_connection(_RelaySide, sock=sock)
+            _, internal = await loop.create_unix_connection(RelaySide, sock=sock)
         except OSError as exc:
             sock.close()
             event(
@@ -301,115 +295,3 @@ class FrontDoor:
             sock.close()
             raise
         return internal
-
-
-class _RelaySide(asyncio.Protocol):
-    """One socket of a relayed connection; it writes what it receives to its peer.
-
-    Until ``link`` connects it to its peer, received bytes are kept in ``pending``.
-    ``finished`` completes when the socket reaches EOF or is lost (either ends the
-    relay), ``lost`` when the transport is closed.
-    """
-
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.finished: asyncio.Future[None] = loop.create_future()
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self.pending = bytearray()
-        self._transport: asyncio.Transport | None = None
-        self._peer: _RelaySide | None = None
-        self._needed = 0
-        self._arrived: asyncio.Future[None] | None = None
-
-    @property
-    def transport(self) -> asyncio.Transport:
-        if self._transport is None:
-            raise PeerError("the relay socket is not connected yet")
-        return self._transport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):
-            raise PeerError(f"the relay needs a stream transport, got {transport!r}")
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        peer = self._peer
-        if peer is not None:
-            if not peer.transport.is_closing():
-                peer.transport.write(data)
-            return
-        self.pending += data
-        if len(self.pending) >= _MAX_PENDING_BYTES:
-            self.transport.pause_reading()
-        if self._arrived is not None and len(self.pending) >= self._needed:
-            _complete(self._arrived)
-
-    def eof_received(self) -> bool:
-        self._finish()
-        return False  # close the transport: the relay ends on EOF from either side
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._finish()
-        _complete(self.lost)
-
-    def pause_writing(self) -> None:
-        # This side's write buffer is full: stop reading what would be written to it.
-        if self._peer is not None:
-            self._peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self._peer is not None:
-            self._peer.transport.resume_reading()
-
-    async def wait_for_bytes(self, count: int) -> bytes | None:
-        """Return the pending bytes once at least ``count`` arrived, or None at EOF."""
-        while len(self.pending) < count:
-            if self.finished.done():
-                return None
-            self._needed = count
-            self._arrived = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait(
-                    (self._arrived, self.finished), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                self._arrived = None
-        return bytes(self.pending)
-
-    def link(self, peer: _RelaySide) -> None:
-        """Send pending bytes to ``peer`` and relay everything received from now on."""
-        self._peer = peer
-        data, self.pending = bytes(self.pending), bytearray()
-        if not self.transport.is_closing():
-            self.transport.resume_reading()
-        if data and not peer.transport.is_closing():
-            peer.transport.write(data)
-
-    def _finish(self) -> None:
-        _complete(self.finished)
-        if self._arrived is not None:
-            _complete(self._arrived)
-
-
-class _PublicSide(_RelaySide):
-    """The accepted socket; the front door pins its caller as soon as it is made."""
-
-    def __init__(self, on_accept: Callable[[_PublicSide], None]) -> None:
-        super().__init__()
-        self._on_accept = on_accept
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._on_accept(self)
-
-
-def _complete(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def _relay(public: _RelaySide, internal: _RelaySide) -> None:
-    """Copy bytes both ways until either side reaches EOF or closes."""
-    internal.link(public)
-    public.link(internal)  # sends the preface and whatever followed it
-    await asyncio.wait((public.finished, internal.finished), return_when=asyncio.FIRST_COMPLETED)
