@@ -20,6 +20,9 @@ with their latest decision for ``attest-agent drift``, which re-checks them with
 ``resolve`` and ``watch`` propagate the authority's CAError when minting fails, and
 raise ResolverClosedError once ``close()`` was called at shutdown. The services return
 UNAVAILABLE for both, so clients reconnect to the next agent.
+
+The component interfaces and CallerState are defined in agent.identity_types and
+re-exported here.
 """
 
 from __future__ import annotations
@@ -27,10 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
 
 from agent.admin.callers import CallerTable
 from agent.attest.evidence import Evidence
@@ -39,8 +41,15 @@ from agent.ca import JwtBundle, X509Bundle, X509Svid
 from agent.decisions import DecisionRecorder
 from agent.denial import Denial, Reason
 from agent.errors import AgentError
+from agent.identity_types import (
+    Attestor,
+    Authority,
+    CallerIdentity,
+    CallerState,
+    ManifestMatcher,
+    PeerRegistry,
+)
 from agent.manifests.identity import Identity
-from agent.notify import Notifier
 from agent.peer.connection import Connection
 from agent.telemetry.audit import AuditLog
 from agent.telemetry.metrics import Metrics, StreamApi
@@ -64,76 +73,11 @@ __all__ = [
 Match = tuple[Evidence | None, tuple[Identity, ...] | Denial]
 
 
-class PeerRegistry(Protocol):
-    def lookup(self, grpc_peer: str) -> Connection | None: ...
-
-
-class Attestor(Protocol):
-    def attest(self, conn: Connection) -> Awaitable[Evidence | Denial]: ...
-
-
-class ManifestMatcher(Protocol):
-    @property
-    def notifier(self) -> Notifier: ...
-    def match(self, evidence: Evidence) -> Sequence[Identity] | Denial: ...
-
-
-class Authority(Protocol):
-    @property
-    def notifier(self) -> Notifier: ...
-    def get_x509_svid(
-        self,
-        spiffe_id: str,
-        *,
-        dns_names: Sequence[str] = (),
-        ttl: int | None = None,
-        hint: str = "",
-    ) -> Awaitable[X509Svid]: ...
-    def x509_bundle(self) -> X509Bundle: ...
-    def jwt_bundle(self) -> JwtBundle: ...
-    def mint_jwt_svid(self, spiffe_id: str, audiences: Sequence[str]) -> Awaitable[str]: ...
-    def validate_jwt_svid(self, token: str, audience: str) -> tuple[str, dict[str, Any]]: ...
-
-
 class ResolverClosedError(AgentError):
     """The agent is shutting down and issues no more identities; clients should reconnect."""
 
     def __init__(self) -> None:
         super().__init__("the agent is shutting down: reconnect to issue identities again")
-
-
-@dataclass(frozen=True)
-class CallerIdentity:
-    """One identity granted to the caller, with its current X.509-SVID."""
-
-    identity: Identity
-    svid: X509Svid
-
-
-@dataclass(frozen=True)
-class CallerState:
-    """Everything the services send a caller: its identities (first is the default) and bundles."""
-
-    evidence: Evidence
-    identities: tuple[CallerIdentity, ...]
-    bundle: X509Bundle
-    jwt_bundle: JwtBundle
-
-    @property
-    def matched(self) -> tuple[Identity, ...]:
-        return tuple(held.identity for held in self.identities)
-
-    @property
-    def spiffe_ids(self) -> tuple[str, ...]:
-        return tuple(held.identity.spiffe_id for held in self.identities)
-
-    def fingerprint(self) -> tuple[object, ...]:
-        """Return a value that changes whenever anything sent to the caller changes."""
-        svids = tuple(
-            (held.identity.spiffe_id, held.svid.serial, held.identity.hint)
-            for held in self.identities
-        )
-        return (svids, self.bundle.version, self.jwt_bundle.version)
 
 
 class IdentityResolver:
