@@ -35,9 +35,9 @@ def ca() -> MiniCA:
 
 
 @pytest.fixture
-async def served(
+async def channel_to_sds(
     tmp_path: Path, ca: MiniCA
-) -> AsyncIterator[tuple[FakeResolver, sds_pb2_grpc.SecretDiscoveryServiceStub]]:
+) -> AsyncIterator[tuple[FakeResolver, grpc.aio.Channel]]:
     resolver = FakeResolver(ca.state(WEB))
     server = grpc.aio.server()
     sds.add_to_server(server, resolver)
@@ -46,10 +46,18 @@ async def served(
     await server.start()
     channel = grpc.aio.insecure_channel(address)
     try:
-        yield resolver, sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+        yield resolver, channel
     finally:
         await channel.close()
         await server.stop(None)
+
+
+@pytest.fixture
+def served(
+    channel_to_sds: tuple[FakeResolver, grpc.aio.Channel],
+) -> tuple[FakeResolver, sds_pb2_grpc.SecretDiscoveryServiceStub]:
+    resolver, channel = channel_to_sds
+    return resolver, sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
 
 
 def request(
@@ -262,3 +270,92 @@ async def test_stream_watch_failure(served, error: Exception, details: str) -> N
         await next_response(call)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert caught.value.details() == details
+
+
+SERVICE = "/envoy.service.secret.v3.SecretDiscoveryService"
+UNDECODABLE = {
+    "length-overrun": b"\x0a\xff\xff\xff\xff\x0f",
+    "truncated": b"\x0a\x05ab",
+    "bad-utf8": b"\x0a\x01\xff",
+}
+MALFORMED_LOG = "malformed request rejected"
+
+
+def rejections(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if MALFORMED_LOG in r.getMessage()]
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("payload", UNDECODABLE.values(), ids=UNDECODABLE.keys())
+async def test_fetch_undecodable(
+    channel_to_sds, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    _, channel = channel_to_sds
+    # Without serializers the call sends and returns raw bytes.
+    fetch_raw = channel.unary_unary(f"{SERVICE}/FetchSecrets")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await fetch_raw(payload, timeout=STEP)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "request is not a valid message"
+    assert len(rejections(caplog)) == 1
+    assert "method=FetchSecrets" in rejections(caplog)[0]
+    assert_no_traceback(caplog)
+    stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+    fetched = await stub.FetchSecrets(request("default"), timeout=STEP)
+    assert [s.name for s in secrets_of(fetched)] == ["default"]
+
+
+@pytest.mark.parametrize(
+    ("method", "valid"),
+    [
+        pytest.param("StreamSecrets", request("default"), id="sotw"),
+        pytest.param(
+            "DeltaSecrets",
+            discovery_pb2.DeltaDiscoveryRequest(
+                type_url=SECRET_TYPE_URL, resource_names_subscribe=["default"]
+            ),
+            id="delta",
+        ),
+    ],
+)
+async def test_stream_undecodable(
+    channel_to_sds, method: str, valid, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    _, channel = channel_to_sds
+    open_raw = channel.stream_stream(f"{SERVICE}/{method}")
+    # A valid first request, then undecodable bytes in the same stream.
+    call = open_raw()
+    await call.write(valid.SerializeToString())
+    assert await next_response(call)
+    await call.write(UNDECODABLE["length-overrun"])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await next_response(call)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "request is not a valid message"
+    assert len(rejections(caplog)) == 1
+    assert f"method={method}" in rejections(caplog)[0]
+    assert_no_traceback(caplog)
+    # The service keeps serving valid streams.
+    again = open_raw()
+    await again.write(valid.SerializeToString())
+    assert await next_response(again)
+    again.cancel()
+
+
+async def test_undecodable_log_rate(
+    channel_to_sds, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    _, channel = channel_to_sds
+    fetch_raw = channel.unary_unary(f"{SERVICE}/FetchSecrets")
+    for _ in range(9):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await fetch_raw(UNDECODABLE["truncated"], timeout=STEP)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    logged = rejections(caplog)
+    # Nine rejections are logged on the 1st, 2nd, 4th and 8th occurrence only.
+    assert len(logged) == 4
+    assert [line.split("count=")[1].split()[0] for line in logged] == ["1", "2", "4", "8"]

@@ -18,10 +18,6 @@ __all__ = ["add_to_server"]
 def add_to_server(server: Any, resolver: Resolver) -> None:
     """Register on ``server`` a SecretDiscoveryService that resolves callers with ``resolver``."""
     # Imported here so that importing agent.sds.encoding does not load grpc.
-    from envoy.service.secret.v3 import sds_pb2_grpc  # noqa: PLC0415
+    from agent.sds.service import SecretDiscoveryService, register  # noqa: PLC0415
 
-    from agent.sds.service import SecretDiscoveryService  # noqa: PLC0415
-
-    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
-        SecretDiscoveryService(resolver), server
-    )
+    register(server, SecretDiscoveryService(resolver))

@@ -8,6 +8,8 @@ header. Status codes:
 - caller connection unknown or attestation failed: UNAVAILABLE (Envoy retries);
 - no identity, or an identity revoked during a stream: PERMISSION_DENIED;
 - unknown resource name or foreign type_url: INVALID_ARGUMENT naming the value;
+- a request that is not a valid protobuf message: INVALID_ARGUMENT, logged on the 1st,
+  2nd, 4th, 8th, ... occurrence only, so a flooding client cannot fill the log;
 - SVID minting failed: UNAVAILABLE.
 
 A stream never ends with OK while the agent runs, because Envoy 1.40 reconnects in a
@@ -21,7 +23,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import AsyncIterator
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeAlias
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -29,6 +31,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 
 from agent.denial import Denial
 from agent.errors import AgentError
+from agent.grpc_decoding import Malformed, decode_or_malformed, is_logged_occurrence
 from agent.identities import CallerState
 from agent.log import event
 from agent.peer.connection import Connection
@@ -41,9 +44,11 @@ from agent.sds.errors import (
 from agent.sds.protocol import DeltaSession, SotwSession
 from agent.telemetry.metrics import Metrics, StreamApi
 
-__all__ = ["Resolver", "SecretDiscoveryService"]
+__all__ = ["SERVICE_NAME", "Resolver", "SecretDiscoveryService", "register"]
 
 logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "envoy.service.secret.v3.SecretDiscoveryService"
 
 
 class Resolver(Protocol):
@@ -66,6 +71,8 @@ class _Kind(enum.Enum):
 
 
 _Session = SotwSession | DeltaSession
+_SotwRequest: TypeAlias = discovery_pb2.DiscoveryRequest | Malformed
+_DeltaRequest: TypeAlias = discovery_pb2.DeltaDiscoveryRequest | Malformed
 _Event = tuple[_Kind, object]
 
 
@@ -74,10 +81,11 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
 
     def __init__(self, resolver: Resolver) -> None:
         self._resolver = resolver
+        self._malformed_count = 0
 
     async def StreamSecrets(
         self,
-        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        request_iterator: AsyncIterator[_SotwRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         conn = await self._connection(context)
@@ -88,7 +96,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
 
     async def DeltaSecrets(
         self,
-        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        request_iterator: AsyncIterator[_DeltaRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         conn = await self._connection(context)
@@ -98,10 +106,12 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
             yield response
 
     async def FetchSecrets(
-        self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext
+        self, request: _SotwRequest, context: grpc.aio.ServicerContext
     ) -> discovery_pb2.DiscoveryResponse:
         conn = await self._connection(context)
         fields = _log_fields(conn, "FetchSecrets")
+        if isinstance(request, Malformed):
+            await self._abort_malformed(context, fields)
         try:
             outcome = await self._resolver.resolve(conn)
         except AgentError as err:
@@ -135,6 +145,15 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "caller could not be identified")
         return conn
 
+    async def _abort_malformed(
+        self, context: grpc.aio.ServicerContext, fields: dict[str, object]
+    ) -> NoReturn:
+        self._malformed_count += 1
+        count = self._malformed_count
+        if is_logged_occurrence(count):
+            event(logger, logging.WARNING, "malformed request rejected", **fields, count=count)
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid message")
+
     async def _serve(
         self,
         conn: Connection,
@@ -158,6 +177,8 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
                     await _abort_failed(context, fields, item)
                 if isinstance(item, Denial):
                     await _abort_denied(context, item)
+                if isinstance(item, Malformed):
+                    await self._abort_malformed(context, fields)
                 if kind is _Kind.REQUEST and self._resolver.metrics is not None:
                     _count_nack(self._resolver.metrics, item)
                 try:
@@ -173,6 +194,36 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # ty
                 task.cancel()
             # Errors from the tasks already reached the loop as FAILED events.
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def register(server: Any, servicer: SecretDiscoveryService) -> None:
+    """Add the servicer's three methods to a grpc.aio server under SERVICE_NAME.
+
+    This replaces the generated registration in sds_pb2_grpc, whose deserializers raise
+    on undecodable bytes, so that such requests reach the servicer as MALFORMED.
+    """
+    sotw_request = decode_or_malformed(discovery_pb2.DiscoveryRequest)
+    sotw_response = discovery_pb2.DiscoveryResponse.SerializeToString
+    handlers = {
+        "StreamSecrets": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamSecrets,
+            request_deserializer=sotw_request,
+            response_serializer=sotw_response,
+        ),
+        "DeltaSecrets": grpc.stream_stream_rpc_method_handler(
+            servicer.DeltaSecrets,
+            request_deserializer=decode_or_malformed(discovery_pb2.DeltaDiscoveryRequest),
+            response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+        ),
+        "FetchSecrets": grpc.unary_unary_rpc_method_handler(
+            servicer.FetchSecrets,
+            request_deserializer=sotw_request,
+            response_serializer=sotw_response,
+        ),
+    }
+    generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def _apply(session: _Session, kind: _Kind, item: object) -> object | None:

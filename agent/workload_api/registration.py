@@ -9,34 +9,17 @@ sentinel, which the servicer answers with INVALID_ARGUMENT and one rate-limited 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from agent._proto import workload_pb2
+from agent.grpc_decoding import MALFORMED, decode_or_malformed
+
+# MALFORMED is re-exported for the servicer, which checks requests against it.
+__all__ = ["MALFORMED", "SERVICE_NAME", "method_handlers", "register"]
 
 SERVICE_NAME = "SpiffeWorkloadAPI"
-
-
-class Malformed:
-    """Sentinel type for a request whose bytes are not a valid protobuf message."""
-
-
-MALFORMED = Malformed()
-
-
-def decode_or_malformed(message_type: Any) -> Callable[[bytes], Any]:
-    """Return a deserializer that yields MALFORMED instead of raising on bad bytes."""
-
-    def decode(data: bytes) -> Any:
-        try:
-            return message_type.FromString(data)
-        except DecodeError:
-            return MALFORMED
-
-    return decode
 
 
 def _serialize(message: Any) -> bytes:
