@@ -326,7 +326,7 @@ def _mount_dir(hierarchy: str, controllers: str, cgroup_root: str) -> str | None
 
 
 def _stat(path: str) -> os.stat_result | None:
-    """Return os.stat of ``path``, or None where pathlib's exists() would say False."""
+    """Return os.stat of ``path``, or None where pathlib's exists() would return False."""
     try:
         return os.stat(path)
     except OSError as exc:

@@ -1,7 +1,7 @@
 """Matching attestation evidence against parsed manifests.
 
 ``match_manifests`` returns the identities the evidence may hold, or a Denial whose
-reason says how close the nearest manifest came. ``explain_manifests`` returns one
+reason tells how close the nearest manifest came. ``explain_manifests`` returns one
 verdict per manifest for operators. Both are pure functions of the manifests, the
 evidence and the time, so the store can call them on its current snapshot.
 
@@ -56,7 +56,7 @@ def evaluate(manifest: Manifest, evidence: Evidence, now: datetime) -> ManifestV
     """Check one manifest against the evidence, in the order given in the module doc.
 
     The ``uid`` selector is compared with the evidence's real uid (``Evidence.uid``),
-    not the effective uid, because the real uid says which user started the process.
+    not the effective uid, because the real uid identifies the user who started the process.
     """
     failure = (
         _placement_mismatch(manifest, evidence)
