@@ -5,7 +5,8 @@ traceback per request, and in a stream it raises the error inside the handler's 
 iterator. One client sending undecodable bytes could so flood the agent's log.
 Register each method with ``decode_or_malformed(RequestType)`` instead. The handler
 then receives the MALFORMED sentinel for undecodable bytes, must end the call with
-INVALID_ARGUMENT, and should log only when ``is_logged_occurrence(count)`` is true.
+INVALID_ARGUMENT, and should log only when ``agent.log.is_logged_occurrence(count)`` is
+true.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-__all__ = ["MALFORMED", "Malformed", "decode_or_malformed", "is_logged_occurrence"]
+__all__ = ["MALFORMED", "Malformed", "decode_or_malformed"]
 
 
 class Malformed:
@@ -35,8 +36,3 @@ def decode_or_malformed(message_type: Any) -> Callable[[bytes], Any]:
             return MALFORMED
 
     return decode
-
-
-def is_logged_occurrence(count: int) -> bool:
-    """Return True for the 1st, 2nd, 4th, 8th, ... occurrence, so repeats log rarely."""
-    return count > 0 and count & (count - 1) == 0

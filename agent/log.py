@@ -67,6 +67,11 @@ def format_fields(fields: dict[str, Any]) -> str:
     return " ".join(pairs)
 
 
+def is_logged_occurrence(count: int) -> bool:
+    """Return True for the 1st, 2nd, 4th, 8th, ... occurrence, so repeats log rarely."""
+    return count > 0 and count & (count - 1) == 0
+
+
 def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
     """Log one event: a fixed sentence followed by its key=value fields."""
     if not logger.isEnabledFor(level):

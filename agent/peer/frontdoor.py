@@ -25,7 +25,7 @@ import socket
 from pathlib import Path
 
 from agent.denial import Reason
-from agent.log import event
+from agent.log import event, is_logged_occurrence
 from agent.peer.connection import Connection
 from agent.peer.errors import PeerError, PinError
 from agent.peer.limits import raise_open_file_limit
@@ -176,7 +176,7 @@ class FrontDoor:
         if creds.pid == 0:
             self._hidden_pid_rejections += 1
             # A misdeployed agent rejects every call: log the 1st, 2nd, 4th, 8th, ... one.
-            if self._hidden_pid_rejections & (self._hidden_pid_rejections - 1) == 0:
+            if is_logged_occurrence(self._hidden_pid_rejections):
                 event(
                     logger,
                     logging.WARNING,

@@ -31,9 +31,9 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 
 from agent.denial import Denial
 from agent.errors import AgentError
-from agent.grpc_decoding import Malformed, decode_or_malformed, is_logged_occurrence
+from agent.grpc_decoding import Malformed, decode_or_malformed
 from agent.identities import CallerState
-from agent.log import event
+from agent.log import event, is_logged_occurrence
 from agent.peer.connection import Connection
 from agent.sds.errors import (
     InvalidRequestError,

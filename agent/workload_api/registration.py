@@ -14,10 +14,9 @@ from typing import Any
 import grpc
 
 from agent._proto import workload_pb2
-from agent.grpc_decoding import MALFORMED, decode_or_malformed
+from agent.grpc_decoding import decode_or_malformed
 
-# MALFORMED is re-exported for the servicer, which checks requests against it.
-__all__ = ["MALFORMED", "SERVICE_NAME", "method_handlers", "register"]
+__all__ = ["SERVICE_NAME", "method_handlers", "register"]
 
 SERVICE_NAME = "SpiffeWorkloadAPI"
 

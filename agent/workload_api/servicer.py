@@ -25,12 +25,13 @@ import grpc
 
 from agent.ca.errors import CAError, JwtSvidError
 from agent.denial import Denial
+from agent.grpc_decoding import MALFORMED
 from agent.identities import CallerState, IdentityResolver, ResolverClosedError
-from agent.log import event
+from agent.log import event, is_logged_occurrence
 from agent.peer.connection import Connection
 from agent.spiffeid import InvalidSpiffeIdError, SpiffeId
 from agent.workload_api import messages
-from agent.workload_api.registration import MALFORMED, register
+from agent.workload_api.registration import register
 
 __all__ = ["SECURITY_HEADER", "WorkloadApiServicer", "add_to_server"]
 
@@ -147,8 +148,8 @@ class WorkloadApiServicer:
         if request is MALFORMED:
             self._malformed_count += 1
             count = self._malformed_count
-            # Log the 1st, 2nd, 4th, 8th, ... so a flooding client cannot fill the log.
-            if count & (count - 1) == 0:
+            # A flooding client cannot fill the log: only powers of two are logged.
+            if is_logged_occurrence(count):
                 message = "malformed request rejected"
                 event(logger, logging.WARNING, message, method=method, count=count)
             await _abort(
