@@ -39,23 +39,13 @@ from agent.manifests import (
     Manifest,
     ManifestError,
     ManifestVerdict,
-    SignatureError,
     TrustedKey,
     explain_manifests,
     load_trusted_keys,
     match_manifests,
-    parse_manifest,
-    verify_signature,
 )
-from agent.manifests.files import (
-    MAX_SIGNATURE_BYTES,
-    SIGNATURE_SUFFIX,
-    ManifestFiles,
-    check_inside,
-    read_bounded_sync,
-    scan_directory,
-)
-from agent.manifests.jsondecode import MAX_MANIFEST_BYTES
+from agent.manifests.files import ManifestFiles, scan_directory
+from agent.manifests.loading import load_manifest_file_sync
 from agent.spiffeid import InvalidSpiffeIdError
 
 EXIT_GRANTED = 0
@@ -236,21 +226,12 @@ def load_manifests(setup: ExplainSetup) -> tuple[list[ManifestRow], list[Manifes
 
 
 def _load_file(setup: ExplainSetup, files: ManifestFiles) -> Manifest:
-    # TODO: ManifestStore does not expose per-file load errors, so this repeats the steps
-    # of its _load_file and _verify_and_parse, in the same order; keep the two in step.
-    name = files.name
-    manifest_path = check_inside(setup.manifests_dir, files.manifest, name)
-    if files.signature.real_path is None:
-        raise SignatureError(
-            name, "missing_signature",
-            f"{name}{SIGNATURE_SUFFIX} is missing; sign the file with 'attest-agent manifest sign'",
-        )
-    signature_path = check_inside(setup.manifests_dir, files.signature, name + SIGNATURE_SUFFIX)
-    data = read_bounded_sync(manifest_path, MAX_MANIFEST_BYTES, name)
-    signature = read_bounded_sync(signature_path, MAX_SIGNATURE_BYTES, name + SIGNATURE_SUFFIX)
-    verify_signature(data, signature, setup.keys, file=name)
-    return parse_manifest(
-        data, file=name, trust_domain=setup.trust_domain,
+    # The same loading steps as the agent's manifest store, so the rows agree with it.
+    return load_manifest_file_sync(
+        setup.manifests_dir,
+        files,
+        setup.keys,
+        trust_domain=setup.trust_domain,
         spiffe_id_template=setup.spiffe_id_template,
     )
 

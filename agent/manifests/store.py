@@ -27,24 +27,17 @@ from agent.attest.evidence import Evidence
 from agent.denial import Denial, Reason
 from agent.errors import ConfigError
 from agent.log import event
-from agent.manifests.errors import ManifestError, ManifestFileError, SignatureError
-from agent.manifests.files import (
-    MAX_SIGNATURE_BYTES,
-    ManifestFiles,
-    check_inside,
-    read_bounded,
-    scan_directory,
-)
+from agent.manifests.errors import ManifestError, ManifestFileError
+from agent.manifests.files import ManifestFiles, scan_directory
 from agent.manifests.identity import Identity
-from agent.manifests.jsondecode import MAX_MANIFEST_BYTES
+from agent.manifests.loading import load_manifest_file, verify_and_parse
 from agent.manifests.matching import ManifestVerdict, explain_manifests, match_manifests
 from agent.manifests.schema import (
     DEFAULT_SPIFFE_ID_TEMPLATE,
     Manifest,
     check_spiffe_id_template,
-    parse_manifest,
 )
-from agent.manifests.signature import TrustedKey, verify_signature
+from agent.manifests.signature import TrustedKey
 from agent.notify import Notifier
 from agent.spiffeid import parse_trust_domain
 
@@ -195,23 +188,15 @@ class ManifestStore:
                   file=name, spiffe_id=outcome.spiffe_id, not_after=outcome.not_after)
 
     async def _load_file(self, files: ManifestFiles) -> Manifest:
-        name = files.name
-        manifest_path = check_inside(self._directory, files.manifest, name)
-        if files.signature.real_path is None:
-            raise SignatureError(
-                name, "missing_signature",
-                f"{name}.sig is missing; sign the file with 'attest-agent manifest sign'",
-            )
-        signature_path = check_inside(self._directory, files.signature, name + ".sig")
-        data = await read_bounded(manifest_path, MAX_MANIFEST_BYTES, name)
-        signature = await read_bounded(signature_path, MAX_SIGNATURE_BYTES, name + ".sig")
-        return await asyncio.to_thread(self._verify_and_parse, name, data, signature)
-
-    def _verify_and_parse(self, name: str, data: bytes, signature: bytes) -> Manifest:
-        # The signature is checked before parsing, so unsigned bytes never reach the parser.
-        verify_signature(data, signature, self._keys, file=name)
-        return parse_manifest(
-            data, file=name, trust_domain=self._trust_domain, spiffe_id_template=self._template
+        data, signature = await load_manifest_file(self._directory, files)
+        return await asyncio.to_thread(
+            verify_and_parse,
+            files.name,
+            data,
+            signature,
+            self._keys,
+            trust_domain=self._trust_domain,
+            spiffe_id_template=self._template,
         )
 
     def _swap(self, manifests: tuple[Manifest, ...]) -> None:
