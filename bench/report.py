@@ -78,7 +78,12 @@ def chart(rows: Sequence[Row], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(10, 0.36 * len(shown) + 1.6))
     positions = list(range(len(shown)))[::-1]
     for position, row in zip(positions, shown, strict=True):
-        colour = "#999999" if row.passed is None else "#2b8a3e" if row.passed else "#c92a2a"
+        if row.passed is None:
+            colour = "#999999"
+        elif row.passed:
+            colour = "#2b8a3e"
+        else:
+            colour = "#c92a2a"
         if row.ratio is not None:
             value, allowed = row.ratio, (row.bound or 0.0) / (row.floor or 1.0)
         else:

@@ -6,7 +6,7 @@ so the table contains each caller's identities, its last denial and its open str
 The admin socket reads ``current()`` to list callers for ``attest-agent drift``, and
 the metrics read ``served_validities()`` at scrape time.
 
-Records of closed connections are dropped, so the table holds at most one record per
+Records of closed connections are dropped, so the table contains at most one record per
 open connection. Use the table from the event loop thread only.
 """
 

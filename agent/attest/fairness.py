@@ -30,7 +30,7 @@ class _Entry:
 
 
 class PerKeyLimiter:
-    """At most ``limit`` concurrent slots per key; keys nobody uses are forgotten."""
+    """At most ``limit`` concurrent slots per key; unused keys are forgotten."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -70,7 +70,7 @@ class JoinableRuns(Generic[KeyT, ResultT]):
     A job is tagged with the versions current when it started (for example the
     manifest store's and the CA's change counters). A request passes the versions it
     has seen and joins the running job of its key only if every tag is at least that
-    version, so the job started after the last change the request knows of. Otherwise
+    version, so the job started after the last change the request has seen. Otherwise
     the request starts a new job, which later requests of the key join.
     """
 

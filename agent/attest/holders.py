@@ -2,7 +2,7 @@
 
 Threat: a process connects, keeps a copy of the connection elsewhere (a forked child
 inherits it, or SCM_RIGHTS hands it to another process), and then the pinned process
-execs a binary that a manifest trusts. Whoever holds a copy reads the SVID that the
+execs a binary that a manifest trusts. Any process with a copy reads the SVID that the
 agent sends. ``HolderScanner.check`` therefore requires that the pinned process
 holds the client end itself and that no other process in the caller's cgroup scope
 does. It raises SocketHolderError (SOCKET_NOT_HELD or SOCKET_SHARED) or an
@@ -155,7 +155,7 @@ class HolderScanner:
             finally:
                 state.users -= 1
                 if state.users == 0:
-                    del self._scopes[key]  # drop the index once nobody waits for it
+                    del self._scopes[key]  # drop the index once no check waits for it
         if isinstance(outcome, _Index):
             return outcome
         message = outcome.message if outcome is not None else "the scan ended without a result"

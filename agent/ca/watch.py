@@ -1,4 +1,4 @@
-"""Where the signing material comes from, and when to read it again.
+"""Sources of the CA signing material, and the schedule for reading them again.
 
 CAFiles loads the configured intermediate files, or the development CA under the
 state directory, and decides when to read them again. A reload is due when a file

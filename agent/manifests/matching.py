@@ -1,7 +1,7 @@
 """Matching attestation evidence against parsed manifests.
 
 ``match_manifests`` returns the identities the evidence may hold, or a Denial whose
-reason tells how close the nearest manifest came. ``explain_manifests`` returns one
+reason shows how close the nearest manifest came. ``explain_manifests`` returns one
 verdict per manifest for operators. Both are pure functions of the manifests, the
 evidence and the time, so the store can call them on its current snapshot.
 

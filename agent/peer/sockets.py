@@ -7,7 +7,7 @@ and raises SocketInUseError when a live process still accepts on it.
 Call ``prepare_internal_socket(path)`` before the internal grpcio server binds. The
 internal socket's directory must be mode 0700 and owned by the agent's user. That
 directory is what keeps every other process away from the internal server, so that
-every peer the internal server sees is one of the front door's relay sockets.
+every peer of the internal server is one of the front door's relay sockets.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _probe_and_remove(path: Path) -> None:
     try:
         probe.connect(str(path))
     except ConnectionRefusedError:
-        os.unlink(path)  # nobody accepts on it: a stale socket from an earlier run
+        os.unlink(path)  # no process accepts on it: a stale socket from an earlier run
         return
     except FileNotFoundError:
         return
@@ -58,7 +58,7 @@ def _probe_and_remove(path: Path) -> None:
 
 
 def remove_stale_socket(path: Path) -> None:
-    """Remove ``path`` if it is a socket nobody accepts on; raise if it is live or not a socket."""
+    """Remove ``path`` if it is a stale socket; raise if it is live or not a socket."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:

@@ -321,5 +321,5 @@ async def _abort(
     context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
 ) -> NoReturn:
     await context.abort(code, message)
-    # context.abort always raises; this line only tells the type checker so.
+    # context.abort always raises. This line exists for the type checker (NoReturn).
     raise RuntimeError("grpc context.abort returned")

@@ -2,7 +2,7 @@
 
 grpcio's generated registration decodes requests with ``FromString``. When a client
 sends bytes that are not a valid protobuf message, grpcio logs a traceback per request
-and answers UNKNOWN, so one client could flood the agent's log. These handlers decode
+and returns UNKNOWN, so one client could flood the agent's log. These handlers decode
 through ``decode_or_malformed`` instead: undecodable bytes become the MALFORMED
 sentinel, which the servicer answers with INVALID_ARGUMENT and one rate-limited log line.
 """
