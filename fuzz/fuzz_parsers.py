@@ -20,7 +20,7 @@ import atheris
 with atheris.instrument_imports():
     from agent.attest.cgroups import parse_cgroup_file
     from agent.attest.errors import CgroupParseError
-    from agent.attest.holders import cgroup_scope
+    from agent.attest.scope import cgroup_scope
     from agent.config import load_settings
     from agent.errors import ConfigError
     from agent.manifests import DEFAULT_SPIFFE_ID_TEMPLATE, ManifestSchemaError, parse_manifest

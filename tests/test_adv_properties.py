@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from agent.attest.cgroups import CgroupInfo, parse_cgroup_file
 from agent.attest.errors import CgroupParseError
-from agent.attest.holders import cgroup_scope
+from agent.attest.scope import cgroup_scope
 from agent.config import Settings, load_settings
 from agent.errors import ConfigError
 from agent.peer.sockdiag import parse_peer_reply

@@ -2,8 +2,15 @@
 
 Services call ``await attestor.attest(connection)`` for every request and get either
 Evidence or a Denial; attestation errors never escape. ``attest_pid(pid)`` pins a pid
-itself with pidfd_open and serves the CLI (``inspect``). All /proc reads and hashing
-run in a worker thread, so the event loop never blocks on them.
+itself with pidfd_open and serves the CLI (``inspect``).
+
+Where the work runs: a warm attestation (the executable's digest is cached and the
+caller's cgroup scope has at most ``INLINE_SCAN_MAX_PIDS`` processes) runs on the
+event loop. It is a few dozen reads of procfs and cgroupfs, which never wait for a
+disk, and a hop to a worker thread and back cost more than the reads themselves. An
+attestation that must hash a file or scan a large or node-wide scope stops before it
+judges anything and runs again from the start in a worker thread, so the event loop
+never blocks on file content.
 
 For connections accepted by the front door the attestor also requires that the
 process runs the same file as when it was pinned (an execve() since then fails with
@@ -53,6 +60,12 @@ logger = logging.getLogger(__name__)
 
 # Attestations of one process that may run at once; more wait so other callers go first.
 MAX_JOBS_PER_PROCESS = 4
+# Largest holder-scan scope checked on the event loop; larger scopes go to a thread.
+INLINE_SCAN_MAX_PIDS = 32
+
+
+class _NeedsThread(Exception):
+    """Inline collection stopped before judging: the work may block, use a thread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,19 +155,16 @@ class Attestor:
         return await self._run_collect(pin, pin_in_thread=True)
 
     async def _run_collect(self, pin: _Pin, *, pin_in_thread: bool) -> Evidence | Denial:
-        submitted = False
         try:
-            async with self._fairness.slot(pin.pid):
-                loop = asyncio.get_running_loop()
-                future = loop.run_in_executor(None, self._collect_or_deny, pin, pin_in_thread)
-                submitted = True
-                # The pidfd is closed only when the thread is done with it. shield keeps
-                # the thread's future alive if the caller is cancelled, so the close waits.
-                future.add_done_callback(lambda _: os.close(pin.pidfd))
-                result = await asyncio.shield(future)
-        finally:
-            if not submitted:
-                os.close(pin.pidfd)  # cancelled while waiting for a slot
+            result = self._collect_or_deny(pin, pin_in_thread, inline=True)
+        except _NeedsThread:
+            # The thread path closes the pidfd itself, once the thread is done with it.
+            result = await self._collect_in_thread(pin, pin_in_thread)
+        except BaseException:
+            os.close(pin.pidfd)
+            raise
+        else:
+            os.close(pin.pidfd)
         if isinstance(result, Denial):
             return _deny(result)
         event(
@@ -169,11 +179,29 @@ class Attestor:
         )
         return result
 
-    def _collect_or_deny(self, pin: _Pin, pin_in_thread: bool) -> Evidence | Denial:
+    async def _collect_in_thread(self, pin: _Pin, pin_in_thread: bool) -> Evidence | Denial:
+        """Collect in a worker thread (hashing, large scopes); closes the pidfd."""
+        submitted = False
+        try:
+            async with self._fairness.slot(pin.pid):
+                loop = asyncio.get_running_loop()
+                future = loop.run_in_executor(
+                    None, self._collect_or_deny, pin, pin_in_thread, False
+                )
+                submitted = True
+                # The pidfd is closed only when the thread is done with it. shield keeps
+                # the thread's future alive if the caller is cancelled, so the close waits.
+                future.add_done_callback(lambda _: os.close(pin.pidfd))
+                return await asyncio.shield(future)
+        finally:
+            if not submitted:
+                os.close(pin.pidfd)  # cancelled while waiting for a slot
+
+    def _collect_or_deny(self, pin: _Pin, pin_in_thread: bool, inline: bool) -> Evidence | Denial:
         try:
             if pin_in_thread:
                 pin = self._pin_now(pin)
-            return self._collect(pin)
+            return self._collect(pin, inline)
         except AttestationError as exc:
             return self._refine(exc, pin).to_denial()
 
@@ -182,7 +210,7 @@ class Attestor:
         ids = read_process_ids(pin.pid, self._proc_root)
         return _Pin(pin.pid, pin.pidfd, start_time, ids.euid, ids.egid)
 
-    def _collect(self, pin: _Pin) -> Evidence:
+    def _collect(self, pin: _Pin, inline: bool) -> Evidence:
         _check_alive(pin)
         self._check_start_time(pin)
         ids = read_process_ids(pin.pid, self._proc_root)
@@ -193,10 +221,10 @@ class Attestor:
         except CgroupParseError as exc:
             exc.pid = pin.pid
             raise
-        exe = self._hasher.digest(pin.pid)
+        exe = self._exe_digest(pin.pid, inline)
         check_same_exe(pin, exe)
         if pin.client_inode is not None:
-            self._holders.check(pin.pid, pin.client_inode, cgroup_text)
+            self._check_holders(pin.pid, pin.client_inode, cgroup_text, inline)
         self._recheck(pin, ids)
         return Evidence(
             pid=pin.pid,
@@ -211,6 +239,20 @@ class Attestor:
             systemd_unit=cgroups.systemd_unit,
             exe_path=exe.exe_path,
         )
+
+    def _exe_digest(self, pid: int, inline: bool) -> ExeDigest:
+        if not inline:
+            return self._hasher.digest(pid)
+        cached = self._hasher.cached_digest(pid)
+        if cached is None:
+            raise _NeedsThread  # hashing reads the file: not on the event loop
+        return cached
+
+    def _check_holders(self, pid: int, inode: int, cgroup_text: str, inline: bool) -> None:
+        if not inline:
+            self._holders.check(pid, inode, cgroup_text)
+        elif self._holders.check_small(pid, inode, cgroup_text, INLINE_SCAN_MAX_PIDS) is None:
+            raise _NeedsThread  # a node-wide or large scan: share it in a thread
 
     def _check_start_time(self, pin: _Pin) -> None:
         observed = read_start_time(pin.pid, self._proc_root)

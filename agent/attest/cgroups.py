@@ -26,6 +26,7 @@ a container.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -35,6 +36,9 @@ from agent.denial import Reason
 # Real files have one line per hierarchy (about 15) of at most PATH_MAX characters.
 MAX_CGROUP_FILE_CHARS = 256 * 1024
 MAX_CGROUP_PATH_CHARS = 4096
+# Parsed texts kept for reuse: one per distinct cgroup set (container) on the node.
+_PARSED_TEXTS_CACHED = 1024
+_MAX_CACHED_TEXT_CHARS = 8192
 
 _CONTAINER_COMPONENT = re.compile(
     r"(?:(?P<prefix>[a-z][a-z0-9-]*?)-)?(?P<id>[0-9a-f]{64})(?:\.scope)?"
@@ -158,7 +162,18 @@ def _single(kind: str, values: list[str | None]) -> str | None:
 
 
 def parse_cgroup_file(text: str) -> CgroupInfo:
-    """Parse the text of /proc/<pid>/cgroup; raise CgroupParseError when it is unusable."""
+    """Parse the text of /proc/<pid>/cgroup; raise CgroupParseError when it is unusable.
+
+    The result depends on the text alone, and a process sends the same text on every
+    call, so results of texts up to ``_MAX_CACHED_TEXT_CHARS`` are cached. Errors are
+    not: each call with an unusable text raises a new exception.
+    """
+    if len(text) <= _MAX_CACHED_TEXT_CHARS:
+        return _parse_cached(text)
+    return _parse(text)
+
+
+def _parse(text: str) -> CgroupInfo:
     parsed = [_parse_line(number, line) for number, line in enumerate(_split_lines(text), 1)]
     pod_uid = _single("pod UIDs", [ids.pod_uid for ids in parsed])
     container_id = _single("container IDs", [ids.container_id for ids in parsed])
@@ -166,3 +181,6 @@ def parse_cgroup_file(text: str) -> CgroupInfo:
         return CgroupInfo(pod_uid=pod_uid, container_id=container_id)
     unit = _single("systemd units", [ids.systemd_unit for ids in parsed])
     return CgroupInfo(systemd_unit=unit)
+
+
+_parse_cached = functools.lru_cache(maxsize=_PARSED_TEXTS_CACHED)(_parse)

@@ -1,7 +1,8 @@
 """SHA-256 of a process's executable, read through /proc/<pid>/exe, with an LRU cache.
 
 ``ExeHasher.digest(pid)`` blocks while it reads the file, so callers run it in a
-worker thread; the cache is guarded by a lock for that reason. Opening
+worker thread; the cache is guarded by a lock for that reason. ``cached_digest(pid)``
+reads no content and answers only from the cache, so the event loop may call it. Opening
 /proc/<pid>/exe opens the file the process runs, even if it was deleted or lives in
 another mount namespace, so no path is ever resolved in the agent's own namespace.
 
@@ -93,20 +94,39 @@ class ExeHasher:
 
     def digest(self, pid: int) -> ExeDigest:
         """Hash the file that ``pid`` runs; raise ExeUnreadableError or ExeTooLargeError."""
-        path = self._proc_root / str(pid) / "exe"
+        digest = self._digest(pid, cached_only=False)
+        if digest is None:  # only cached-only lookups return None
+            raise ExeUnreadableError(f"no digest for the executable of process {pid}", pid=pid)
+        return digest
+
+    def cached_digest(self, pid: int) -> ExeDigest | None:
+        """Return the digest of the file ``pid`` runs if it is cached, else None.
+
+        Reads no file content, so it does not block on disk; errors are raised as by
+        ``digest``.
+        """
+        return self._digest(pid, cached_only=True)
+
+    def _digest(self, pid: int, *, cached_only: bool) -> ExeDigest | None:
+        path = f"{self._proc_root}/{pid}/exe"
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise _unreadable(pid, path, exc) from exc
         try:
-            sha256, identity = self._digest_open_file(pid, path, fd)
+            found = self._digest_open_file(pid, path, fd, cached_only=cached_only)
         finally:
             os.close(fd)
+        if found is None:
+            return None
+        sha256, identity = found
         return ExeDigest(
             sha256=sha256, exe_path=_link_text(path), file_id=(identity.dev, identity.ino)
         )
 
-    def _digest_open_file(self, pid: int, path: Path, fd: int) -> tuple[str, FileIdentity]:
+    def _digest_open_file(
+        self, pid: int, path: str, fd: int, *, cached_only: bool
+    ) -> tuple[str, FileIdentity] | None:
         try:
             info = os.fstat(fd)
         except OSError as exc:
@@ -122,16 +142,18 @@ class ExeHasher:
                 limit=self._max_exe_size,
             )
         identity = FileIdentity.of(info)
-        cached = self._lookup(identity)
+        cached = self._lookup(identity, count_miss=not cached_only)
         if cached is not None:
             return cached, identity
+        if cached_only:
+            return None
         sha256 = self._hash(pid, path, fd)
         self._check_unchanged(pid, path, fd, identity)
         if time.time_ns() - identity.ctime_ns >= RACY_WINDOW_NS:
             self._store(identity, sha256)
         return sha256, identity
 
-    def _hash(self, pid: int, path: Path, fd: int) -> str:
+    def _hash(self, pid: int, path: str, fd: int) -> str:
         digest = hashlib.sha256()
         offset = 0
         try:
@@ -144,7 +166,7 @@ class ExeHasher:
             self._bytes_hashed += offset
         return digest.hexdigest()
 
-    def _check_unchanged(self, pid: int, path: Path, fd: int, before: FileIdentity) -> None:
+    def _check_unchanged(self, pid: int, path: str, fd: int, before: FileIdentity) -> None:
         # A write during hashing would make the digest describe no version of the file.
         try:
             after = FileIdentity.of(os.fstat(fd))
@@ -155,11 +177,13 @@ class ExeHasher:
                 f"executable of process {pid} changed while it was hashed", pid=pid
             )
 
-    def _lookup(self, identity: FileIdentity) -> str | None:
+    def _lookup(self, identity: FileIdentity, *, count_miss: bool) -> str | None:
+        # A cached-only lookup that misses is retried with hashing, which counts the miss.
         with self._lock:
             sha256 = self._cache.get(identity)
             if sha256 is None:
-                self._misses += 1
+                if count_miss:
+                    self._misses += 1
                 return None
             self._hits += 1
             self._cache.move_to_end(identity)
@@ -175,7 +199,7 @@ class ExeHasher:
                 self._cache.popitem(last=False)
 
 
-def _unreadable(pid: int, path: Path, exc: OSError) -> ExeUnreadableError:
+def _unreadable(pid: int, path: str, exc: OSError) -> ExeUnreadableError:
     if exc.errno == errno.ENOENT:
         detail = "no executable (a kernel thread, or the process exited)"
     else:
@@ -183,7 +207,7 @@ def _unreadable(pid: int, path: Path, exc: OSError) -> ExeUnreadableError:
     return ExeUnreadableError(f"cannot read executable {path}: {detail}", pid=pid)
 
 
-def _link_text(path: Path) -> str | None:
+def _link_text(path: str) -> str | None:
     try:
         return os.readlink(path)
     except OSError:

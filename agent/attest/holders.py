@@ -8,6 +8,8 @@ holds the client end itself and that no other process in the caller's cgroup sco
 does. It raises SocketHolderError (SOCKET_NOT_HELD or SOCKET_SHARED) or an
 AttestationError when /proc or cgroupfs cannot be read, and returns what it scanned.
 It blocks, so call it from a worker thread; one scanner serves all threads.
+``check_small`` makes the same check with a private scan that never waits for other
+threads, for the event loop, and declines (returns None) when the scope is large.
 
 Cost: a scan reads every fd table in the scope. Attestations that wait for the same
 scope share one scan, which starts after all of them arrived, so a burst of callers
@@ -39,17 +41,15 @@ docs/security.md lists these limits.
 from __future__ import annotations
 
 import errno
-import functools
 import os
-import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.attest.cgroups import is_pod_component
 from agent.attest.errors import ProcUnreadableError, SocketHolderError
 from agent.attest.procfs import translate_os_error
+from agent.attest.scope import all_pids, cgroup_scope, pids_in_cgroups
 from agent.denial import Reason
 
 MAX_SCAN_ROUNDS = 4
@@ -60,24 +60,8 @@ _GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 # LSM denial. With CAP_SYS_PTRACE in the host user namespace no workload is skipped.
 _SKIPPED_ERRNOS = _GONE_ERRNOS | {errno.EACCES, errno.EPERM}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-# Errors for which pathlib's exists() returns False rather than raising, plus a name
-# too long to exist.
-_MISSING_ERRNOS = frozenset(
-    {errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP, errno.ENAMETOOLONG}
-)
-_PROCS_READ_BYTES = 65536
-_PARSED_SCOPES_CACHED = 1024
-_MAX_CACHED_TEXT_CHARS = 4096
 _SOCKET_LINK_PREFIX = "socket:["
 _LINK_PREFIX_LENGTH = len(_SOCKET_LINK_PREFIX)
-
-
-@dataclass(frozen=True, slots=True)
-class ScopeDir:
-    """A cgroup directory whose processes are scanned; ``recursive`` adds its descendants."""
-
-    path: str
-    recursive: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +91,10 @@ class _ScopeState:
     outcome: _Index | ProcUnreadableError | None = None
 
 
+class _ScopeTooLarge(Exception):
+    """A bounded scan found more processes than its limit; nothing was judged."""
+
+
 class HolderScanner:
     """Checks socket holders; concurrent checks of one scope share a fresh scan."""
 
@@ -118,13 +106,7 @@ class HolderScanner:
 
     def check(self, pid: int, inode: int, cgroup_text: str) -> HolderScan:
         """Raise unless ``pid`` is the only process in its scope holding socket ``inode``."""
-        if inode not in socket_inodes(pid, self._proc_root, pinned=True):
-            raise SocketHolderError(
-                Reason.SOCKET_NOT_HELD,
-                f"process {pid} does not hold the client end of its connection (socket "
-                f"inode {inode}): it closed it or handed it to another process",
-                pid=pid,
-            )
+        self._check_pinned(pid, inode)
         scope_dirs = cgroup_scope(cgroup_text, self._cgroup_root)
         if scope_dirs:
             key: tuple[object, ...] = tuple(scope_dirs)
@@ -136,6 +118,44 @@ class HolderScanner:
         if others:
             raise _shared(pid, inode, others)
         return HolderScan(scanned=index.scanned, scope="cgroup" if scope_dirs else "node")
+
+    def check_small(
+        self, pid: int, inode: int, cgroup_text: str, max_pids: int
+    ) -> HolderScan | None:
+        """Check as ``check`` does with a private scan, if the scope is small.
+
+        Returns None, having judged nothing, when the scope is not visible (a scan of
+        the node) or has more than ``max_pids`` processes; call ``check`` then. It
+        never waits for other threads' scans, so the event loop may call it: it
+        costs a few /proc and cgroupfs reads per process in the scope.
+        """
+        scope_dirs = cgroup_scope(cgroup_text, self._cgroup_root)
+        if not scope_dirs:
+            return None
+        self._check_pinned(pid, inode)
+        try:
+            index = _scan(
+                lambda: pids_in_cgroups(scope_dirs),
+                self._proc_root,
+                "cgroup",
+                skip=pid,
+                max_pids=max_pids,
+            )
+        except _ScopeTooLarge:
+            return None
+        others = index.holders.get(inode, frozenset())
+        if others:
+            raise _shared(pid, inode, others)
+        return HolderScan(scanned=index.scanned, scope="cgroup")
+
+    def _check_pinned(self, pid: int, inode: int) -> None:
+        if inode not in socket_inodes(pid, self._proc_root, pinned=True):
+            raise SocketHolderError(
+                Reason.SOCKET_NOT_HELD,
+                f"process {pid} does not hold the client end of its connection (socket "
+                f"inode {inode}): it closed it or handed it to another process",
+                pid=pid,
+            )
 
     def _fresh_index(
         self, key: tuple[object, ...], list_pids: Callable[[], set[int]], scope: str
@@ -182,15 +202,28 @@ class HolderScanner:
         state.finished = number
 
 
-def _scan(list_pids: Callable[[], set[int]], proc_root: Path, scope: str) -> _Index:
+def _scan(
+    list_pids: Callable[[], set[int]],
+    proc_root: Path,
+    scope: str,
+    *,
+    skip: int | None = None,
+    max_pids: int | None = None,
+) -> _Index:
+    """Index the sockets held in the scope; _ScopeTooLarge past ``max_pids`` processes.
+
+    The fd table of ``skip`` (the pinned process, already read) is not read again.
+    """
     holders: dict[int, set[int]] = {}
     scanned: set[int] = set()
     for _ in range(MAX_SCAN_ROUNDS):
         new = list_pids() - scanned
+        if max_pids is not None and len(scanned) + len(new) > max_pids:
+            raise _ScopeTooLarge
         if not new:
             frozen = {inode: frozenset(pids) for inode, pids in holders.items()}
             return _Index(holders=frozen, scanned=len(scanned))
-        for other in new:
+        for other in new - {skip}:
             for inode in socket_inodes(other, proc_root, pinned=False):
                 holders.setdefault(inode, set()).add(other)
         scanned |= new
@@ -253,158 +286,3 @@ def _fd_targets(pid: int, dir_fd: int, fd_dir: str, pinned: bool) -> Iterator[st
             if not pinned and exc.errno in _SKIPPED_ERRNOS:
                 return
             raise translate_os_error(exc, pid, Path(fd_dir, name)) from exc
-
-
-def cgroup_scope(cgroup_text: str, cgroup_root: Path) -> list[ScopeDir]:
-    """Return the cgroup directories to scan for a process with this /proc/<pid>/cgroup."""
-    root = str(cgroup_root)
-    found: dict[tuple[int, int], ScopeDir] = {}
-    for hierarchy, controllers, relative, recursive in _scope_lines(cgroup_text):
-        mount = _mount_dir(hierarchy, controllers, root)
-        if mount is None:
-            continue
-        path = os.path.join(mount, relative)
-        info = _stat(path)
-        if info is not None and stat.S_ISDIR(info.st_mode):
-            # Two hierarchies may be one directory (cpu and cpuacct mounted together).
-            found.setdefault((info.st_dev, info.st_ino), ScopeDir(path, recursive))
-    return list(found.values())
-
-
-def _scope_lines(cgroup_text: str) -> tuple[tuple[str, str, str, bool], ...]:
-    """Parse /proc/<pid>/cgroup into (hierarchy, controllers, relative path, recursive).
-
-    The parse is a pure function of the text, so it is cached: callers of one pod send
-    the same text on every call. Whether the directories exist is checked on every
-    call. Texts longer than any real cgroup file are parsed without the cache, so the
-    cache stays small.
-    """
-    if len(cgroup_text) > _MAX_CACHED_TEXT_CHARS:
-        return _parse_scope_lines(cgroup_text)
-    return _cached_scope_lines(cgroup_text)
-
-
-def _parse_scope_lines(cgroup_text: str) -> tuple[tuple[str, str, str, bool], ...]:
-    lines = []
-    for line in cgroup_text.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, separator, path = rest.partition(":")
-        components = [part for part in path.split("/") if part]
-        if not separator or not path.startswith("/") or {".", ".."} & set(components):
-            continue  # outside the agent's cgroup namespace, or malformed
-        if not components:
-            continue  # the root cgroup of a hierarchy groups nothing, so it adds no scope
-        pods = [index for index, part in enumerate(components) if is_pod_component(part)]
-        if pods:
-            relative, recursive = components[: pods[-1] + 1], True
-        else:
-            relative, recursive = components, False
-        lines.append((hierarchy, controllers, os.path.join(*relative), recursive))
-    return tuple(lines)
-
-
-_cached_scope_lines = functools.lru_cache(maxsize=_PARSED_SCOPES_CACHED)(_parse_scope_lines)
-
-
-def _mount_dir(hierarchy: str, controllers: str, cgroup_root: str) -> str | None:
-    if hierarchy == "0" and controllers == "":
-        candidates = [os.path.join(cgroup_root, "unified"), cgroup_root]
-        return next((c for c in candidates if _exists(c, "cgroup.controllers")), None)
-    names = [name.removeprefix("name=") for name in controllers.split(",") if name]
-    candidates = [
-        os.path.join(cgroup_root, ",".join(names)),
-        *(os.path.join(cgroup_root, name) for name in names),
-    ]
-    return next(
-        (
-            c
-            for c in candidates
-            if _exists(c, "cgroup.procs") and not _exists(c, "cgroup.controllers")
-        ),
-        None,
-    )
-
-
-def _stat(path: str) -> os.stat_result | None:
-    """Return os.stat of ``path``, or None where pathlib's exists() would return False."""
-    try:
-        return os.stat(path)
-    except OSError as exc:
-        if exc.errno in _MISSING_ERRNOS:
-            return None
-        raise ProcUnreadableError(f"cannot read {path}: {exc}", pid=None, path=path) from exc
-    except ValueError:
-        return None  # a NUL byte or an unencodable character: no such file
-
-
-def _exists(directory: str, name: str) -> bool:
-    return _stat(os.path.join(directory, name)) is not None
-
-
-def pids_in_cgroups(scope_dirs: Iterable[ScopeDir]) -> set[int]:
-    """Return the process ids listed in ``cgroup.procs`` of each directory (and below)."""
-    pids: set[int] = set()
-    for scope in scope_dirs:
-        directories = _walk(scope.path) if scope.recursive else [scope.path]
-        for directory in directories:
-            pids |= _read_procs(directory + "/cgroup.procs")
-    return pids
-
-
-def _walk(top: str) -> list[str]:
-    """Return ``top`` and every directory below it, skipping any that vanish meanwhile.
-
-    Like os.walk without onerror: a directory that cannot be listed (removed while it
-    is walked) is skipped, and symbolic links are not followed.
-    """
-    found = [top]
-    pending = [top]
-    while pending:
-        directory = pending.pop()
-        try:
-            with os.scandir(directory) as entries:
-                below = [entry.path for entry in entries if _is_dir(entry)]
-        except OSError:
-            continue
-        found.extend(below)
-        pending.extend(below)
-    return found
-
-
-def _is_dir(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_dir(follow_symlinks=False)
-    except OSError:
-        return False
-
-
-def _read_procs(path: str) -> set[int]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return set()  # the cgroup was removed while it was walked
-    except OSError as exc:
-        raise ProcUnreadableError(f"cannot read {path}: {exc}", pid=None, path=path) from exc
-    try:
-        chunks = []
-        # cgroupfs generates the list on read; it may arrive in several reads.
-        while chunk := os.read(fd, _PROCS_READ_BYTES):
-            chunks.append(chunk)
-    except FileNotFoundError:
-        return set()  # removed between open and read
-    except OSError as exc:
-        raise ProcUnreadableError(f"cannot read {path}: {exc}", pid=None, path=path) from exc
-    finally:
-        os.close(fd)
-    return {int(field) for field in b"".join(chunks).split()}
-
-
-def all_pids(proc_root: Path) -> set[int]:
-    """Return every process id visible in ``proc_root``."""
-    try:
-        names = os.listdir(proc_root)
-    except OSError as exc:
-        raise ProcUnreadableError(
-            f"cannot list {proc_root}: {exc}", pid=None, path=str(proc_root)
-        ) from exc
-    return {int(name) for name in names if name.isdigit()}

@@ -37,14 +37,14 @@ class ProcessIds:
     egid: int
 
 
-def translate_os_error(exc: OSError, pid: int, path: Path) -> AttestationError:
+def translate_os_error(exc: OSError, pid: int, path: Path | str) -> AttestationError:
     """Map an OSError on a /proc file to ProcessExitedError or ProcUnreadableError."""
     if exc.errno in _GONE_ERRNOS:
         return ProcessExitedError(f"process {pid} exited ({path}: {exc.strerror})", pid=pid)
     return ProcUnreadableError(f"cannot read {path}: {exc}", pid=pid, path=str(path))
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
+def _read_bounded(path: str, limit: int) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks: list[bytes] = []
@@ -63,7 +63,8 @@ def _read_bounded(path: Path, limit: int) -> bytes:
 
 def read_proc_bytes(pid: int, name: str, proc_root: Path, limit: int = 65536) -> bytes:
     """Read /proc/<pid>/<name>; reading stops once more than ``limit`` bytes arrived."""
-    path = proc_root / str(pid) / name
+    # A plain string: pathlib's joins cost more than the read itself on this hot path.
+    path = f"{proc_root}/{pid}/{name}"
     try:
         return _read_bounded(path, limit)
     except OSError as exc:
@@ -81,25 +82,35 @@ def read_start_time(pid: int, proc_root: Path) -> int:
     try:
         return parse_start_time(text)
     except ValueError as exc:
-        path = proc_root / str(pid) / "stat"
-        raise ProcUnreadableError(f"cannot parse {path}: {exc}", pid=pid, path=str(path)) from exc
+        path = f"{proc_root}/{pid}/stat"
+        raise ProcUnreadableError(f"cannot parse {path}: {exc}", pid=pid, path=path) from exc
 
 
-def _status_pair(text: str, key: str, path: Path, pid: int) -> tuple[int, int]:
-    for line in text.splitlines():
-        name, _, values = line.partition(":")
-        if name == key:
-            fields = values.split()
-            if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
-                return int(fields[0]), int(fields[1])
-            break
-    raise ProcUnreadableError(f"{path} has no valid {key}: line", pid=pid, path=str(path))
+def _status_pair(text: str, key: str, path: str, pid: int) -> tuple[int, int]:
+    line = _status_line(text, key)
+    fields = line.partition(":")[2].split() if line is not None else []
+    if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+        return int(fields[0]), int(fields[1])
+    raise ProcUnreadableError(f"{path} has no valid {key}: line", pid=pid, path=path)
+
+
+def _status_line(text: str, key: str) -> str | None:
+    """Return the first line of ``text`` that starts with ``key:``, or None."""
+    prefix = f"{key}:"
+    if text.startswith(prefix):
+        start = 0
+    else:
+        start = text.find(f"\n{prefix}") + 1
+        if start == 0:
+            return None
+    end = text.find("\n", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def read_process_ids(pid: int, proc_root: Path) -> ProcessIds:
     """Return the real and effective uid and gid of ``pid``."""
     text = read_proc_text(pid, "status", proc_root)
-    path = proc_root / str(pid) / "status"
+    path = f"{proc_root}/{pid}/status"
     uid, euid = _status_pair(text, "Uid", path, pid)
     gid, egid = _status_pair(text, "Gid", path, pid)
     return ProcessIds(uid=uid, euid=euid, gid=gid, egid=egid)

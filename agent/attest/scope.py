@@ -1,0 +1,196 @@
+"""Which processes share a caller's cgroup scope, read from cgroupfs and /proc.
+
+The socket holder check (agent.attest.holders) scans the fd tables of these
+processes. ``cgroup_scope(text, root)`` turns a /proc/<pid>/cgroup text into the
+directories to scan: for a caller in a Kubernetes pod, the pod's cgroup with all its
+containers; otherwise the caller's own cgroup; in every hierarchy where the text names
+a cgroup other than the root and the directory exists under ``root``.
+``pids_in_cgroups`` lists the processes of those directories and ``all_pids`` those of
+a whole /proc, for callers whose scope is not visible. All of them block on cgroupfs
+and procfs reads; none reads file content from disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.attest.cgroups import is_pod_component
+from agent.attest.errors import ProcUnreadableError
+
+# Errors for which pathlib's exists() returns False rather than raising, plus a name
+# too long to exist.
+_MISSING_ERRNOS = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP, errno.ENAMETOOLONG}
+)
+_PROCS_READ_BYTES = 65536
+_PARSED_SCOPES_CACHED = 1024
+_MAX_CACHED_TEXT_CHARS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeDir:
+    """A cgroup directory whose processes are scanned; ``recursive`` adds its descendants."""
+
+    path: str
+    recursive: bool
+
+
+def cgroup_scope(cgroup_text: str, cgroup_root: Path) -> list[ScopeDir]:
+    """Return the cgroup directories to scan for a process with this /proc/<pid>/cgroup."""
+    root = str(cgroup_root)
+    found: dict[tuple[int, int], ScopeDir] = {}
+    for hierarchy, controllers, relative, recursive in _scope_lines(cgroup_text):
+        mount = _mount_dir(hierarchy, controllers, root)
+        if mount is None:
+            continue
+        path = os.path.join(mount, relative)
+        info = _stat(path)
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            # Two hierarchies may be one directory (cpu and cpuacct mounted together).
+            found.setdefault((info.st_dev, info.st_ino), ScopeDir(path, recursive))
+    return list(found.values())
+
+
+def _scope_lines(cgroup_text: str) -> tuple[tuple[str, str, str, bool], ...]:
+    """Parse /proc/<pid>/cgroup into (hierarchy, controllers, relative path, recursive).
+
+    The parse is a pure function of the text, so it is cached: callers of one pod send
+    the same text on every call. Whether the directories exist is checked on every
+    call. Texts longer than any real cgroup file are parsed without the cache, so the
+    cache stays small.
+    """
+    if len(cgroup_text) > _MAX_CACHED_TEXT_CHARS:
+        return _parse_scope_lines(cgroup_text)
+    return _cached_scope_lines(cgroup_text)
+
+
+def _parse_scope_lines(cgroup_text: str) -> tuple[tuple[str, str, str, bool], ...]:
+    lines = []
+    for line in cgroup_text.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, separator, path = rest.partition(":")
+        components = [part for part in path.split("/") if part]
+        if not separator or not path.startswith("/") or {".", ".."} & set(components):
+            continue  # outside the agent's cgroup namespace, or malformed
+        if not components:
+            continue  # the root cgroup of a hierarchy groups nothing, so it adds no scope
+        pods = [index for index, part in enumerate(components) if is_pod_component(part)]
+        if pods:
+            relative, recursive = components[: pods[-1] + 1], True
+        else:
+            relative, recursive = components, False
+        lines.append((hierarchy, controllers, os.path.join(*relative), recursive))
+    return tuple(lines)
+
+
+_cached_scope_lines = functools.lru_cache(maxsize=_PARSED_SCOPES_CACHED)(_parse_scope_lines)
+
+
+def _mount_dir(hierarchy: str, controllers: str, cgroup_root: str) -> str | None:
+    if hierarchy == "0" and controllers == "":
+        candidates = [os.path.join(cgroup_root, "unified"), cgroup_root]
+        return next((c for c in candidates if _exists(c, "cgroup.controllers")), None)
+    names = [name.removeprefix("name=") for name in controllers.split(",") if name]
+    candidates = [
+        os.path.join(cgroup_root, ",".join(names)),
+        *(os.path.join(cgroup_root, name) for name in names),
+    ]
+    return next(
+        (
+            c
+            for c in candidates
+            if _exists(c, "cgroup.procs") and not _exists(c, "cgroup.controllers")
+        ),
+        None,
+    )
+
+
+def _stat(path: str) -> os.stat_result | None:
+    """Return os.stat of ``path``, or None where pathlib's exists() would return False."""
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        if exc.errno in _MISSING_ERRNOS:
+            return None
+        raise ProcUnreadableError(f"cannot read {path}: {exc}", pid=None, path=path) from exc
+    except ValueError:
+        return None  # a NUL byte or an unencodable character: no such file
+
+
+def _exists(directory: str, name: str) -> bool:
+    return _stat(os.path.join(directory, name)) is not None
+
+
+def pids_in_cgroups(scope_dirs: Iterable[ScopeDir]) -> set[int]:
+    """Return the process ids listed in ``cgroup.procs`` of each directory (and below)."""
+    pids: set[int] = set()
+    for scope in scope_dirs:
+        directories = _walk(scope.path) if scope.recursive else [scope.path]
+        for directory in directories:
+            pids |= _read_procs(directory + "/cgroup.procs")
+    return pids
+
+
+def _walk(top: str) -> list[str]:
+    """Return ``top`` and every directory below it, skipping any that vanish meanwhile.
+
+    Like os.walk without onerror: a directory that cannot be listed (removed while it
+    is walked) is skipped, and symbolic links are not followed.
+    """
+    found = [top]
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                below = [entry.path for entry in entries if _is_dir(entry)]
+        except OSError:
+            continue
+        found.extend(below)
+        pending.extend(below)
+    return found
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _read_procs(path: str) -> set[int]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return set()  # the cgroup was removed while it was walked
+    except OSError as exc:
+        raise ProcUnreadableError(f"cannot read {path}: {exc}", pid=None, path=path) from exc
+    try:
+        chunks = []
+        # cgroupfs generates the list on read; it may arrive in several reads.
+        while chunk := os.read(fd, _PROCS_READ_BYTES):
+            chunks.append(chunk)
+    except FileNotFoundError:
+        return set()  # removed between open and read
+    except OSError as exc:
+        raise ProcUnreadableError(f"cannot read {path}: {exc}", pid=None, path=path) from exc
+    finally:
+        os.close(fd)
+    return {int(field) for field in b"".join(chunks).split()}
+
+
+def all_pids(proc_root: Path) -> set[int]:
+    """Return every process id visible in ``proc_root``."""
+    try:
+        names = os.listdir(proc_root)
+    except OSError as exc:
+        raise ProcUnreadableError(
+            f"cannot list {proc_root}: {exc}", pid=None, path=str(proc_root)
+        ) from exc
+    return {int(name) for name in names if name.isdigit()}
