@@ -104,6 +104,7 @@ class IdentityResolver:
         self._metrics = metrics
         self._recorder = DecisionRecorder(audit)
         self._closed = asyncio.Event()
+        self._closed_future: asyncio.Future[None] | None = None
         self._shared: JoinableRuns[str, Evidence | Denial] = JoinableRuns()
         self.callers = CallerTable()
 
@@ -120,6 +121,8 @@ class IdentityResolver:
     def close(self) -> None:
         """Stop issuing: pending and later ``resolve``/``watch`` calls raise ResolverClosedError."""
         self._closed.set()
+        if self._closed_future is not None and not self._closed_future.done():
+            self._closed_future.set_result(None)
 
     def connection_for(self, grpc_peer: str) -> Connection | None:
         """Return the connection behind a gRPC peer string, or None when it is unknown."""
@@ -304,19 +307,21 @@ class IdentityResolver:
         return max(0.05, min(deadlines))
 
     async def _wait_for_change(self, seen_store: int, seen_ca: int, timeout: float) -> None:
-        waiters = [
-            asyncio.ensure_future(self._store.notifier.wait_for_change(seen_store)),
-            asyncio.ensure_future(self._authority.notifier.wait_for_change(seen_ca)),
-            asyncio.ensure_future(self._closed.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            for waiter in waiters:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+        # Shared futures rather than a task per source: this runs after every yield.
+        waiters = {
+            self._store.notifier.next_change(seen_store),
+            self._authority.notifier.next_change(seen_ca),
+            self._closing(),
+        }
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+
+    def _closing(self) -> asyncio.Future[None]:
+        """Return a future, shared by all watches, that is done once ``close()`` ran."""
+        if self._closed_future is None or self._closed_future.cancelled():
+            self._closed_future = asyncio.get_running_loop().create_future()
+            if self._closed.is_set():
+                self._closed_future.set_result(None)
+        return self._closed_future
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 # maximum.
 RENEWAL_RETRY_MIN_SECONDS = 0.5
 RENEWAL_RETRY_MAX_SECONDS = 5.0
+# Validated (SPIFFE ID, DNS names, TTL) requests remembered; cleared when full.
+_CHECKED_KEYS_KEPT = 4096
 
 
 class Authority:
@@ -56,6 +58,7 @@ class Authority:
         self._notifier = Notifier()
         self._cache = SvidCache(random.SystemRandom())
         self._inflight: dict[CacheKey, asyncio.Task[CacheEntry]] = {}
+        self._checked_keys: dict[tuple[str, Sequence[str], int | None], CacheKey] = {}
         self._material: CAMaterial | None = None
         self._x509_bundle: X509Bundle | None = None
         self._jwt: JwtIssuer | None = None
@@ -173,6 +176,20 @@ class Authority:
         return entry.svid.chain[1:] == material.chain
 
     def _cache_key(self, spiffe_id: str, dns_names: Sequence[str], ttl: int | None) -> CacheKey:
+        # Callers ask for the same few keys on every fetch; validate each only once.
+        # Only exact tuples and ints are remembered (True == 1 would alias a TTL).
+        memo = (spiffe_id, dns_names, ttl)
+        rememberable = type(dns_names) is tuple and (ttl is None or type(ttl) is int)
+        if rememberable and (known := self._checked_keys.get(memo)) is not None:
+            return known
+        key = self._check_key(spiffe_id, dns_names, ttl)
+        if rememberable:
+            if len(self._checked_keys) >= _CHECKED_KEYS_KEPT:
+                self._checked_keys.clear()
+            self._checked_keys[memo] = key
+        return key
+
+    def _check_key(self, spiffe_id: str, dns_names: Sequence[str], ttl: int | None) -> CacheKey:
         check_workload_id(spiffe_id, self.trust_domain)
         if isinstance(dns_names, str):
             raise SvidRequestError("DNS names", dns_names, "pass a sequence of names, not a string")

@@ -147,25 +147,28 @@ class Metrics:
     def _initialize_label_sets(self) -> None:
         # Export every known label set at 0, so that rate() and increase() count the
         # first event of each kind instead of treating its new series as the baseline.
-        self._attestations.labels(result=RESULT_SUCCESS, reason=NO_REASON)
+        # The per-call series are kept, so the hot path skips the label lookup.
+        self._successes = self._attestations.labels(result=RESULT_SUCCESS, reason=NO_REASON)
         for reason in Reason:
             result = RESULT_ERROR if reason in ATTESTATION_FAILURES else RESULT_DENIED
             self._attestations.labels(result=result, reason=str(reason))
         for svid_type in ("x509", "jwt"):
             self._svids_minted.labels(type=svid_type)
-        for api in ("workload_api", "sds"):
-            self._open_streams.labels(api=api)
+        self._open_stream_gauges = {
+            api: self._open_streams.labels(api=api) for api in ("workload_api", "sds")
+        }
 
     def observe_attestation(self, denial: Denial | None, duration_seconds: float) -> None:
         """Count one attestation decision and record how long it took."""
+        self._attestation_seconds.observe(duration_seconds)
         if denial is None:
-            result, reason = RESULT_SUCCESS, NO_REASON
-        elif denial.is_attestation_failure:
+            self._successes.inc()
+            return
+        if denial.is_attestation_failure:
             result, reason = RESULT_ERROR, str(denial.reason)
         else:
             result, reason = RESULT_DENIED, str(denial.reason)
         self._attestations.labels(result=result, reason=reason).inc()
-        self._attestation_seconds.observe(duration_seconds)
 
     def svid_minted(self, svid_type: SvidType) -> None:
         self._svids_minted.labels(type=svid_type).inc()
@@ -174,10 +177,10 @@ class Metrics:
         self._rotations.inc()
 
     def stream_opened(self, api: StreamApi) -> None:
-        self._open_streams.labels(api=api).inc()
+        self._open_stream_gauges[api].inc()
 
     def stream_closed(self, api: StreamApi) -> None:
-        self._open_streams.labels(api=api).dec()
+        self._open_stream_gauges[api].dec()
 
     @contextmanager
     def open_stream(self, api: StreamApi) -> Iterator[None]:
