@@ -67,7 +67,7 @@ def digest_after_swap(self, pid):
 
 ExeHasher.digest = digest_after_swap
 if disable_recheck:
-    Attestor._recheck = lambda self, pin, ids: None
+    Attestor._recheck = lambda self, pin: None
 result = asyncio.run(Attestor().attest(conn))
 print(json.dumps({
     "victim_pid": victim.pid,

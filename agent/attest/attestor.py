@@ -5,9 +5,10 @@ Evidence or a Denial; attestation errors never escape. ``attest_pid(pid)`` pins 
 itself with pidfd_open and serves the CLI (``inspect``).
 
 Where the work runs: a warm attestation (the executable's digest is cached and the
-caller's cgroup scope has at most ``INLINE_SCAN_MAX_PIDS`` processes) runs on the
-event loop. It is a few dozen reads of procfs and cgroupfs, which never wait for a
-disk, and a hop to a worker thread and back cost more than the reads themselves. An
+caller's cgroup scope has at most ``INLINE_SCAN_MAX_PIDS`` processes holding at most
+``INLINE_SCAN_MAX_FDS`` descriptors) runs on the event loop. It is a few dozen reads
+of procfs and cgroupfs, which never wait for a disk, and a hop to a worker thread and
+back cost more than the reads themselves. An
 attestation that must hash a file or scan a large or node-wide scope stops before it
 judges anything and runs again from the start in a worker thread, so the event loop
 never blocks on file content.
@@ -18,10 +19,11 @@ EXEC_AFTER_CONNECT) and that it alone holds the client end of the connection
 (agent.attest.holders), so no other process can read the identity sent on it.
 
 Why the evidence can be trusted: every /proc file is read by pid, and a pid can be
-reused once its process has exited and been reaped. After the last read the attestor
-checks that the pinned pidfd still shows the process alive and that its start time
-and credentials are unchanged. A live pinned process means the pid was never reused,
-so every read described the pinned process. Any mismatch fails closed.
+reused once its process has exited and been reaped. Before the reads the attestor
+compares the start time and effective ids with those taken at pin time, and after the
+last read it checks that the pinned pidfd still shows the process alive. A live pinned
+process means the pid was never reused, so every read described the pinned process.
+Any mismatch fails closed.
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ logger = logging.getLogger(__name__)
 
 # Attestations of one process that may run at once; more wait so other callers go first.
 MAX_JOBS_PER_PROCESS = 4
-# Largest holder-scan scope checked on the event loop; larger scopes go to a thread.
+# Largest holder scan done on the event loop, in processes and in descriptors (one
+# readlink each); larger scans go to a thread, where concurrent callers share them.
 INLINE_SCAN_MAX_PIDS = 32
+INLINE_SCAN_MAX_FDS = 512
 
 
 class _NeedsThread(Exception):
@@ -225,7 +229,7 @@ class Attestor:
         check_same_exe(pin, exe)
         if pin.client_inode is not None:
             self._check_holders(pin.pid, pin.client_inode, cgroup_text, inline)
-        self._recheck(pin, ids)
+        self._recheck(pin)
         return Evidence(
             pid=pin.pid,
             uid=ids.uid,
@@ -251,7 +255,11 @@ class Attestor:
     def _check_holders(self, pid: int, inode: int, cgroup_text: str, inline: bool) -> None:
         if not inline:
             self._holders.check(pid, inode, cgroup_text)
-        elif self._holders.check_small(pid, inode, cgroup_text, INLINE_SCAN_MAX_PIDS) is None:
+            return
+        small = self._holders.check_small(
+            pid, inode, cgroup_text, max_pids=INLINE_SCAN_MAX_PIDS, max_fds=INLINE_SCAN_MAX_FDS
+        )
+        if small is None:
             raise _NeedsThread  # a node-wide or large scan: share it in a thread
 
     def _check_start_time(self, pin: _Pin) -> None:
@@ -265,19 +273,11 @@ class Attestor:
                 observed=observed,
             )
 
-    def _recheck(self, pin: _Pin, ids_before: ProcessIds) -> None:
+    def _recheck(self, pin: _Pin) -> None:
         # Closes the race where the pinned process exits during collection and its pid
-        # goes to a newcomer, whose files the reads above may have seen.
-        self._check_start_time(pin)
-        ids_after = read_process_ids(pin.pid, self._proc_root)
-        if ids_after != ids_before:
-            raise ProcessReplacedError(
-                f"credentials of process {pin.pid} changed during attestation: "
-                f"{ids_before} before, {ids_after} after",
-                pid=pin.pid,
-                expected=ids_before,
-                observed=ids_after,
-            )
+        # goes to a newcomer, whose files the reads above may have seen: a pid is reused
+        # only after its process exited, so a live pidfd now means every read above
+        # described the pinned process. Reading stat and status again would add nothing.
         _check_alive(pin)
 
     def _refine(self, exc: AttestationError, pin: _Pin) -> AttestationError:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ from agent.attest.scope import all_pids, cgroup_scope, pids_in_cgroups
 from agent.denial import Reason
 
 MAX_SCAN_ROUNDS = 4
+_LARGE_SCOPE_SECONDS = 5.0
+_LARGE_SCOPES_KEPT = 1024
 _MAX_PIDS_IN_MESSAGE = 10
 _GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 # Other processes are skipped when they exited since they were listed, or when the
@@ -92,7 +95,19 @@ class _ScopeState:
 
 
 class _ScopeTooLarge(Exception):
-    """A bounded scan found more processes than its limit; nothing was judged."""
+    """A bounded scan found more processes or descriptors than its limits."""
+
+
+@dataclass(slots=True)
+class _FdBudget:
+    """Descriptors a bounded check may still read; spending past zero stops it."""
+
+    left: int
+
+    def spend(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise _ScopeTooLarge
 
 
 class HolderScanner:
@@ -103,6 +118,8 @@ class HolderScanner:
         self._cgroup_root = cgroup_root
         self._lock = threading.Condition()
         self._scopes: dict[tuple[object, ...], _ScopeState] = {}
+        # Scopes found too large for check_small, until when it declines them at once.
+        self._large_until: dict[tuple[object, ...], float] = {}
 
     def check(self, pid: int, inode: int, cgroup_text: str) -> HolderScan:
         """Raise unless ``pid`` is the only process in its scope holding socket ``inode``."""
@@ -120,36 +137,44 @@ class HolderScanner:
         return HolderScan(scanned=index.scanned, scope="cgroup" if scope_dirs else "node")
 
     def check_small(
-        self, pid: int, inode: int, cgroup_text: str, max_pids: int
+        self, pid: int, inode: int, cgroup_text: str, *, max_pids: int, max_fds: int
     ) -> HolderScan | None:
         """Check as ``check`` does with a private scan, if the scope is small.
 
         Returns None, having judged nothing, when the scope is not visible (a scan of
-        the node) or has more than ``max_pids`` processes; call ``check`` then. It
-        never waits for other threads' scans, so the event loop may call it: it
-        costs a few /proc and cgroupfs reads per process in the scope.
+        the node) or has more than ``max_pids`` processes or ``max_fds`` descriptors
+        in all; call ``check`` then, which shares scans between concurrent callers. It
+        never waits for other threads, so the event loop may call it: it costs a few
+        /proc and cgroupfs reads per process and one readlink per descriptor.
         """
         scope_dirs = cgroup_scope(cgroup_text, self._cgroup_root)
-        if not scope_dirs:
+        key = tuple(scope_dirs)
+        if not scope_dirs or self._large_until.get(key, 0.0) > time.monotonic():
             return None
-        self._check_pinned(pid, inode)
+        budget = _FdBudget(max_fds)
         try:
+            self._check_pinned(pid, inode, budget)
             index = _scan(
                 lambda: pids_in_cgroups(scope_dirs),
                 self._proc_root,
                 "cgroup",
                 skip=pid,
                 max_pids=max_pids,
+                budget=budget,
             )
         except _ScopeTooLarge:
+            # Skip the bounded attempt for a while: it would only stop again.
+            if len(self._large_until) >= _LARGE_SCOPES_KEPT:
+                self._large_until.clear()
+            self._large_until[key] = time.monotonic() + _LARGE_SCOPE_SECONDS
             return None
         others = index.holders.get(inode, frozenset())
         if others:
             raise _shared(pid, inode, others)
         return HolderScan(scanned=index.scanned, scope="cgroup")
 
-    def _check_pinned(self, pid: int, inode: int) -> None:
-        if inode not in socket_inodes(pid, self._proc_root, pinned=True):
+    def _check_pinned(self, pid: int, inode: int, budget: _FdBudget | None = None) -> None:
+        if inode not in socket_inodes(pid, self._proc_root, pinned=True, budget=budget):
             raise SocketHolderError(
                 Reason.SOCKET_NOT_HELD,
                 f"process {pid} does not hold the client end of its connection (socket "
@@ -209,6 +234,7 @@ def _scan(
     *,
     skip: int | None = None,
     max_pids: int | None = None,
+    budget: _FdBudget | None = None,
 ) -> _Index:
     """Index the sockets held in the scope; _ScopeTooLarge past ``max_pids`` processes.
 
@@ -224,7 +250,7 @@ def _scan(
             frozen = {inode: frozenset(pids) for inode, pids in holders.items()}
             return _Index(holders=frozen, scanned=len(scanned))
         for other in new - {skip}:
-            for inode in socket_inodes(other, proc_root, pinned=False):
+            for inode in socket_inodes(other, proc_root, pinned=False, budget=budget):
                 holders.setdefault(inode, set()).add(other)
         scanned |= new
     raise ProcUnreadableError(
@@ -246,11 +272,14 @@ def _shared(pid: int, inode: int, others: frozenset[int]) -> SocketHolderError:
     )
 
 
-def socket_inodes(pid: int, proc_root: Path, *, pinned: bool) -> set[int]:
+def socket_inodes(
+    pid: int, proc_root: Path, *, pinned: bool, budget: _FdBudget | None = None
+) -> set[int]:
     """Return the inodes of the sockets in the fd table of ``pid``.
 
     For the pinned process every error is raised. Other processes count as holding
     nothing when they exited since they were listed or their fd table is unreadable.
+    With a ``budget``, the descriptors are counted against it before any is read.
     """
     # Plain strings instead of pathlib: this runs once per process per scan pass.
     fd_dir = f"{proc_root}/{pid}/fd"
@@ -263,20 +292,24 @@ def socket_inodes(pid: int, proc_root: Path, *, pinned: bool) -> set[int]:
     try:
         return {
             int(target[_LINK_PREFIX_LENGTH:-1])
-            for target in _fd_targets(pid, dir_fd, fd_dir, pinned)
+            for target in _fd_targets(pid, dir_fd, fd_dir, pinned, budget)
             if target.startswith(_SOCKET_LINK_PREFIX)
         }
     finally:
         os.close(dir_fd)
 
 
-def _fd_targets(pid: int, dir_fd: int, fd_dir: str, pinned: bool) -> Iterator[str]:
+def _fd_targets(
+    pid: int, dir_fd: int, fd_dir: str, pinned: bool, budget: _FdBudget | None
+) -> Iterator[str]:
     try:
         names = os.listdir(dir_fd)
     except OSError as exc:
         if not pinned and exc.errno in _SKIPPED_ERRNOS:
             return
         raise translate_os_error(exc, pid, Path(fd_dir)) from exc
+    if budget is not None:
+        budget.spend(len(names))
     for name in names:
         try:
             yield os.readlink(name, dir_fd=dir_fd)

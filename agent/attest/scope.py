@@ -29,8 +29,11 @@ _MISSING_ERRNOS = frozenset(
     {errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP, errno.ENAMETOOLONG}
 )
 _PROCS_READ_BYTES = 65536
+_LEAF_LINK_COUNT = 2
 _PARSED_SCOPES_CACHED = 1024
 _MAX_CACHED_TEXT_CHARS = 4096
+# A node has about 15 hierarchies; the bound only guards against odd cgroup files.
+_FOUND_MOUNTS_KEPT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,22 @@ _cached_scope_lines = functools.lru_cache(maxsize=_PARSED_SCOPES_CACHED)(_parse_
 
 
 def _mount_dir(hierarchy: str, controllers: str, cgroup_root: str) -> str | None:
+    """Return where the hierarchy is mounted under ``cgroup_root``, or None.
+
+    Found mounts are remembered: they do not move while the agent runs, and a mount
+    that goes away is noticed anyway, because the caller's directory below it is
+    checked on every call. Absent ones are looked for again each time.
+    """
+    key = (hierarchy, controllers, cgroup_root)
+    mount = _found_mounts.get(key)
+    if mount is None:
+        mount = _find_mount_dir(hierarchy, controllers, cgroup_root)
+        if mount is not None and len(_found_mounts) < _FOUND_MOUNTS_KEPT:
+            _found_mounts[key] = mount
+    return mount
+
+
+def _find_mount_dir(hierarchy: str, controllers: str, cgroup_root: str) -> str | None:
     if hierarchy == "0" and controllers == "":
         candidates = [os.path.join(cgroup_root, "unified"), cgroup_root]
         return next((c for c in candidates if _exists(c, "cgroup.controllers")), None)
@@ -109,6 +128,9 @@ def _mount_dir(hierarchy: str, controllers: str, cgroup_root: str) -> str | None
         ),
         None,
     )
+
+
+_found_mounts: dict[tuple[str, str, str], str] = {}
 
 
 def _stat(path: str) -> os.stat_result | None:
@@ -141,13 +163,18 @@ def _walk(top: str) -> list[str]:
     """Return ``top`` and every directory below it, skipping any that vanish meanwhile.
 
     Like os.walk without onerror: a directory that cannot be listed (removed while it
-    is walked) is skipped, and symbolic links are not followed.
+    is walked) is skipped, and symbolic links are not followed. A directory whose link
+    count is 2 has no subdirectories (cgroupfs, like most Linux file systems, counts
+    "." and each subdirectory's ".."), so it is not listed: a container's cgroup is a
+    leaf, and listing it costs more than the stat.
     """
     found = [top]
     pending = [top]
     while pending:
         directory = pending.pop()
         try:
+            if os.stat(directory, follow_symlinks=False).st_nlink == _LEAF_LINK_COUNT:
+                continue
             with os.scandir(directory) as entries:
                 below = [entry.path for entry in entries if _is_dir(entry)]
         except OSError:
