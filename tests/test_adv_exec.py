@@ -21,13 +21,16 @@ import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.attest import attestor as attestor_module
 from agent.attest.attestor import Attestor
 from agent.attest.evidence import Evidence
+from agent.attest.hashing import RACY_WINDOW_NS
 from agent.attest.holders import HolderScan, HolderScanner
 from agent.denial import Denial
 from agent.peer.connection import Connection
@@ -40,6 +43,7 @@ from tests.support.processes import (
     copy_python,
     copy_sleep,
     run_python,
+    start_sleeper,
 )
 
 DEADLINE_SECONDS = 10.0
@@ -139,10 +143,52 @@ async def door(work_dir: Path) -> AsyncIterator[FrontDoor]:
 @pytest.fixture(scope="module")
 def binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CopiedBinary]:
     directory = tmp_path_factory.mktemp("adv-bin")
-    return {
+    copies = {
         "attacker": copy_python(directory, "attacker"),
         "trusted": copy_sleep(directory, "trusted"),
     }
+    # The digest cache skips files changed in the last RACY_WINDOW_NS; the warm paths
+    # below need both digests cached.
+    newest = max(copy.path.stat().st_ctime_ns for copy in copies.values())
+    time.sleep(max(0.0, (newest + RACY_WINDOW_NS - time.time_ns()) / 1e9 + 0.1))
+    return copies
+
+
+# How the attestation runs. cold: the digests are not cached, so it runs in a worker
+# thread with the shared holder scan. warm: both digests are cached, so it runs on the
+# event loop with a private bounded scan (check_small). warm-large: cached, but the
+# scan limits are 1 descriptor, so check_small declines and the thread path takes over.
+PATHS = ["cold", "warm", "warm-large"]
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The event loop's default executor, counting the jobs submitted to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.jobs = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.jobs += 1
+        return super().submit(*args, **kwargs)
+
+
+async def attestor_for(
+    path: str, binaries: dict[str, CopiedBinary], monkeypatch: pytest.MonkeyPatch
+) -> Attestor:
+    """Return an Attestor set up for ``path``: cold, or with both digests cached."""
+    attestor = Attestor()
+    if path == "cold":
+        return attestor
+    with start_sleeper(binaries["trusted"]) as trusted, run_python(
+        binaries["attacker"], "import sys\nsys.stdin.readline()\n"
+    ) as idle:
+        for pid in (trusted.pid, idle.pid):
+            assert isinstance(await attestor.attest_pid(pid), Evidence)
+    assert attestor.hash_cache_stats.entries == 2
+    if path == "warm-large":
+        monkeypatch.setattr(attestor_module, "INLINE_SCAN_MAX_FDS", 1)
+    return attestor
 
 
 async def wait_for_connection(door: FrontDoor, pid: int) -> Connection:
@@ -167,6 +213,8 @@ def disable(monkeypatch: pytest.MonkeyPatch, defenses: tuple[str, ...]) -> None:
         monkeypatch.setattr(attestor_module, "check_same_exe", lambda pin, exe: None)
     if "holders" in defenses:
         monkeypatch.setattr(HolderScanner, "check", lambda *args: None)
+        unchecked = HolderScan(scanned=0, scope="cgroup")
+        monkeypatch.setattr(HolderScanner, "check_small", lambda *args, **kwargs: unchecked)
 
 
 def kill_quietly(pid: int) -> None:
@@ -175,7 +223,12 @@ def kill_quietly(pid: int) -> None:
 
 
 async def run_attack(
-    door: FrontDoor, work_dir: Path, binaries: dict[str, CopiedBinary], mode: str, pod: TestCgroup
+    door: FrontDoor,
+    work_dir: Path,
+    binaries: dict[str, CopiedBinary],
+    mode: str,
+    pod: TestCgroup,
+    attestor: Attestor,
 ) -> tuple[Evidence | Denial, list[int]]:
     """Run one attack and return the attestation result and the pids of other holders."""
     receiver_path = work_dir / "receiver.sock"
@@ -203,7 +256,7 @@ async def run_attack(
         attacker.popen.stdin.flush()
         if mode.endswith("exec"):
             attacker.wait_exe(binaries["trusted"].path)
-        return await Attestor().attest(conn), extra_holders
+        return await attestor.attest(conn), extra_holders
     finally:
         for pid in extra_holders:
             kill_quietly(pid)
@@ -214,19 +267,31 @@ async def run_attack(
             remove_cgroup(sibling)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(("mode", "disabled", "expected"), CASES)
 async def test_socket_copy_attack(
     mode: str,
     disabled: tuple[str, ...],
     expected: str,
+    path: str,
     door: FrontDoor,
     work_dir: Path,
     binaries: dict[str, CopiedBinary],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    attestor = await attestor_for(path, binaries, monkeypatch)
     disable(monkeypatch, disabled)
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
     with pod_cgroup("unified") as pod:
-        result, extra_holders = await run_attack(door, work_dir, binaries, mode, pod)
+        result, extra_holders = await run_attack(door, work_dir, binaries, mode, pod, attestor)
+    # Each path really ran where it says: a warm attestation submits nothing to a
+    # thread; in warm-large every attestation that reaches the holder scan does.
+    reaches_scan = "holders" not in disabled and expected != "exec_after_connect"
+    if path == "warm":
+        assert executor.jobs == 0
+    elif path == "cold" or reaches_scan:
+        assert executor.jobs >= 1
     if expected.startswith("evidence:"):
         assert isinstance(result, Evidence), f"expected evidence, got {result}"
         assert result.exe_sha256 == binaries[expected.split(":")[1]].sha256

@@ -276,6 +276,17 @@ async def test_svid_request_rejected(
     assert caught.value.field == field
 
 
+async def test_remembered_request_still_checks_types(authority: Authority) -> None:
+    # Valid requests are remembered by value; True == 1 must not reuse the entry of ttl=1.
+    svid = await authority.get_x509_svid(WEB, ttl=1)
+    assert (await authority.get_x509_svid(WEB, ttl=1)).serial == svid.serial
+    with pytest.raises(SvidRequestError) as caught:
+        await authority.get_x509_svid(WEB, ttl=True)
+    assert caught.value.field == "TTL"
+    with pytest.raises(SvidRequestError):
+        await authority.get_x509_svid(WEB, dns_names="www.example.org")
+
+
 async def test_ttl_capped_at_intermediate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     node = make_ca(tmp_path, intermediate_ttl=timedelta(hours=2))
     ca = Authority(file_settings(node, tmp_path / "state"))

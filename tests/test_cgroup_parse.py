@@ -218,3 +218,26 @@ def test_parse_ambiguous_message_names_both() -> None:
     assert UID in caught.value.message
     assert OTHER_UID in caught.value.message
     assert "ambiguous cgroups" in caught.value.message
+
+
+def test_parse_errors_are_not_cached() -> None:
+    # Results are cached by text; an unusable text must fail on every call, with an
+    # exception of its own that the attestor may annotate.
+    text = f"8:pids:/kubepods/pod{UID}/{CID}\n0::/kubepods/pod{OTHER_UID}/{CID}\n"
+    errors = []
+    for _ in range(2):
+        with pytest.raises(CgroupParseError) as caught:
+            parse_cgroup_file(text)
+        errors.append(caught.value)
+    assert errors[0] is not errors[1]
+    assert errors[1].reason == Reason.AMBIGUOUS_CGROUPS
+
+
+def test_parse_cached_and_long_texts_agree() -> None:
+    line = f"8:pids:/kubepods/burstable/pod{UID}/{CID}\n"
+    short = line + V1_ROOT_LINES
+    # Repeating a consistent line makes a text too long for the cache, same answer.
+    long = line * 200
+    assert len(long) > 8192
+    assert parse_cgroup_file(short) == parse_cgroup_file(short) == CgroupInfo(UID, CID)
+    assert parse_cgroup_file(long) == CgroupInfo(UID, CID)
