@@ -216,10 +216,12 @@ class Attestor:
 
     def _collect(self, pin: _Pin, inline: bool) -> Evidence:
         _check_alive(pin)
+        cgroup_text = read_cgroup_text(pin.pid, self._proc_root)
+        if inline and pin.client_inode is not None and self._holders.declines(cgroup_text):
+            raise _NeedsThread  # known to be a large scan: skip the other reads here
         self._check_start_time(pin)
         ids = read_process_ids(pin.pid, self._proc_root)
         _check_credentials(pin, ids)
-        cgroup_text = read_cgroup_text(pin.pid, self._proc_root)
         try:
             cgroups = parse_cgroup_file(cgroup_text)
         except CgroupParseError as exc:

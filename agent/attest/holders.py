@@ -118,8 +118,9 @@ class HolderScanner:
         self._cgroup_root = cgroup_root
         self._lock = threading.Condition()
         self._scopes: dict[tuple[object, ...], _ScopeState] = {}
-        # Scopes found too large for check_small, until when it declines them at once.
-        self._large_until: dict[tuple[object, ...], float] = {}
+        # Cgroup texts whose scope check_small found too large, and until when it
+        # declines them at once (see ``declines``).
+        self._large_until: dict[str, float] = {}
 
     def check(self, pid: int, inode: int, cgroup_text: str) -> HolderScan:
         """Raise unless ``pid`` is the only process in its scope holding socket ``inode``."""
@@ -143,13 +144,14 @@ class HolderScanner:
 
         Returns None, having judged nothing, when the scope is not visible (a scan of
         the node) or has more than ``max_pids`` processes or ``max_fds`` descriptors
-        in all; call ``check`` then, which shares scans between concurrent callers. It
-        never waits for other threads, so the event loop may call it: it costs a few
-        /proc and cgroupfs reads per process and one readlink per descriptor.
+        in all. Call ``check`` then, because it shares scans between concurrent
+        callers. It never waits for other threads, so the event loop may call it. It
+        costs a few /proc and cgroupfs reads per process and one readlink per descriptor.
         """
+        if self.declines(cgroup_text):
+            return None
         scope_dirs = cgroup_scope(cgroup_text, self._cgroup_root)
-        key = tuple(scope_dirs)
-        if not scope_dirs or self._large_until.get(key, 0.0) > time.monotonic():
+        if not scope_dirs:
             return None
         budget = _FdBudget(max_fds)
         try:
@@ -166,12 +168,17 @@ class HolderScanner:
             # Skip the bounded attempt for a while: it would only stop again.
             if len(self._large_until) >= _LARGE_SCOPES_KEPT:
                 self._large_until.clear()
-            self._large_until[key] = time.monotonic() + _LARGE_SCOPE_SECONDS
+            self._large_until[cgroup_text] = time.monotonic() + _LARGE_SCOPE_SECONDS
             return None
         others = index.holders.get(inode, frozenset())
         if others:
             raise _shared(pid, inode, others)
         return HolderScan(scanned=index.scanned, scope="cgroup")
+
+    def declines(self, cgroup_text: str) -> bool:
+        """Tell whether ``check_small`` would decline at once: the scope of a caller with
+        this /proc/<pid>/cgroup text was too large in the last few seconds."""
+        return self._large_until.get(cgroup_text, 0.0) > time.monotonic()
 
     def _check_pinned(self, pid: int, inode: int, budget: _FdBudget | None = None) -> None:
         if inode not in socket_inodes(pid, self._proc_root, pinned=True, budget=budget):
@@ -236,9 +243,13 @@ def _scan(
     max_pids: int | None = None,
     budget: _FdBudget | None = None,
 ) -> _Index:
-    """Index the sockets held in the scope; _ScopeTooLarge past ``max_pids`` processes.
+    """Return which processes of the scope hold each socket inode.
 
-    The fd table of ``skip`` (the pinned process, already read) is not read again.
+    Raises _ScopeTooLarge past ``max_pids`` processes or when ``budget`` runs out.
+    The fd table of ``skip`` (the pinned process, already read) is not read again, nor
+    the agent's own: it holds the server end of every connection, never a client end,
+    and where it shares the caller's cgroup (a test or development host) its table is
+    by far the largest in the scope.
     """
     holders: dict[int, set[int]] = {}
     scanned: set[int] = set()
@@ -249,7 +260,7 @@ def _scan(
         if not new:
             frozen = {inode: frozenset(pids) for inode, pids in holders.items()}
             return _Index(holders=frozen, scanned=len(scanned))
-        for other in new - {skip}:
+        for other in new - {skip, os.getpid()}:
             for inode in socket_inodes(other, proc_root, pinned=False, budget=budget):
                 holders.setdefault(inode, set()).add(other)
         scanned |= new
