@@ -29,7 +29,8 @@ caller's /proc/<pid>/cgroup names a cgroup other than the root. When none of the
 visible, every process in /proc is scanned instead. The list of processes is read
 again after each pass until no new process appears, so a holder that forks and exits
 while the scan runs is still seen, and a scope that keeps changing fails closed after
-``MAX_SCAN_ROUNDS`` passes.
+``MAX_SCAN_ROUNDS`` passes. A first listing that holds no process but the pinned one,
+whose table ``check_small`` read just before, needs no second listing.
 
 A scan cannot see a descriptor that sits in flight in an SCM_RIGHTS message (queued
 on a socket, not yet received), a holder outside the scope (another pod or service on
@@ -260,7 +261,13 @@ def _scan(
         if not new:
             frozen = {inode: frozenset(pids) for inode, pids in holders.items()}
             return _Index(holders=frozen, scanned=len(scanned))
-        for other in new - {skip, os.getpid()}:
+        to_read = new - {skip, os.getpid()}
+        if not scanned and not to_read:
+            # Only the pinned process, read before this listing, is in the scope. A process
+            # that appears later was forked after the listing, as if after the check, so a
+            # second listing would prove nothing more.
+            return _Index(holders={}, scanned=len(new))
+        for other in to_read:
             for inode in socket_inodes(other, proc_root, pinned=False, budget=budget):
                 holders.setdefault(inode, set()).add(other)
         scanned |= new

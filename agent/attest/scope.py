@@ -173,7 +173,8 @@ def _walk(top: str) -> list[str]:
     while pending:
         directory = pending.pop()
         try:
-            if os.stat(directory, follow_symlinks=False).st_nlink == _LEAF_LINK_COUNT:
+            # The top (a pod's cgroup) normally has subdirectories, so it is listed at once.
+            if directory is not top and _is_leaf(directory):
                 continue
             with os.scandir(directory) as entries:
                 below = [entry.path for entry in entries if _is_dir(entry)]
@@ -182,6 +183,10 @@ def _walk(top: str) -> list[str]:
         found.extend(below)
         pending.extend(below)
     return found
+
+
+def _is_leaf(directory: str) -> bool:
+    return os.stat(directory, follow_symlinks=False).st_nlink == _LEAF_LINK_COUNT
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
