@@ -22,6 +22,9 @@ SERVICE_NAME = "SpiffeWorkloadAPI"
 
 
 def _serialize(message: Any) -> bytes:
+    # Streams send responses serialized in advance, once per state (see the servicer).
+    if isinstance(message, bytes):
+        return message
     data: bytes = message.SerializeToString()
     return data
 

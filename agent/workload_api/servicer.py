@@ -38,6 +38,8 @@ __all__ = ["SECURITY_HEADER", "WorkloadApiServicer", "add_to_server"]
 logger = logging.getLogger(__name__)
 
 SECURITY_HEADER = ("workload.spiffe.io", "true")
+# Serialized stream responses kept; about 2 KiB each, cleared when full.
+_RESPONSES_KEPT = 1024
 
 _T = TypeVar("_T")
 
@@ -48,6 +50,7 @@ class WorkloadApiServicer:
     def __init__(self, resolver: IdentityResolver) -> None:
         self._resolver = resolver
         self._malformed_count = 0
+        self._responses: dict[tuple[str, tuple[str, ...]], tuple[tuple[object, ...], bytes]] = {}
 
     async def FetchX509SVID(self, request: Any, context: Any) -> AsyncIterator[Any]:
         build = messages.x509_svid_response
@@ -125,12 +128,12 @@ class WorkloadApiServicer:
         self, request: Any, context: Any, method: str, build: Callable[[CallerState], Any]
     ) -> AsyncIterator[Any]:
         conn = await self._admit(request, context, method)
-        previous: Any = None
+        previous: bytes | None = None
         try:
             async for outcome in self._resolver.watch(conn):
                 if isinstance(outcome, Denial):
                     await _abort_for_denial(context, outcome)
-                response = build(outcome)
+                response = self._serialized(method, outcome, build)
                 if response == previous:
                     continue
                 previous = response
@@ -143,6 +146,27 @@ class WorkloadApiServicer:
         # The watch ends only when the connection closed, so no client reads this status.
         # Ending with OK would stop a standard client's retries, so never do that.
         await _abort(context, grpc.StatusCode.UNAVAILABLE, "connection closed")
+
+    def _serialized(
+        self, method: str, state: CallerState, build: Callable[[CallerState], Any]
+    ) -> bytes:
+        """Return the serialized stream response for ``state``, built once per state.
+
+        Every field of a stream response derives from what the state's fingerprint
+        names (SPIFFE IDs, SVID serial numbers, hints, bundle versions), so callers with
+        the same fingerprint receive the same bytes. Only the latest response per set
+        of SPIFFE IDs is kept, so the keys of renewed SVIDs do not linger here.
+        """
+        fingerprint = state.fingerprint()
+        key = (method, state.spiffe_ids)
+        cached = self._responses.get(key)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        response: bytes = build(state).SerializeToString()
+        if len(self._responses) >= _RESPONSES_KEPT:
+            self._responses.clear()
+        self._responses[key] = (fingerprint, response)
+        return response
 
     async def _admit(self, request: Any, context: Any, method: str) -> Connection:
         if request is MALFORMED:
