@@ -308,12 +308,14 @@ class IdentityResolver:
 
     async def _wait_for_change(self, seen_store: int, seen_ca: int, timeout: float) -> None:
         # Shared futures rather than a task per source: this runs after every yield.
-        waiters = {
-            self._store.notifier.next_change(seen_store),
-            self._authority.notifier.next_change(seen_ca),
-            self._closing(),
-        }
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await _first_done(
+            (
+                self._store.notifier.next_change(seen_store),
+                self._authority.notifier.next_change(seen_ca),
+                self._closing(),
+            ),
+            timeout,
+        )
 
     def _closing(self) -> asyncio.Future[None]:
         """Return a future, shared by all watches, that is done once ``close()`` ran."""
@@ -333,6 +335,30 @@ class _Basis:
     matched: tuple[Identity, ...]
     store_version: int
     attested_at: float
+
+
+async def _first_done(futures: Sequence[asyncio.Future[None]], timeout: float) -> None:
+    """Wait until one of ``futures`` is done or ``timeout`` seconds passed.
+
+    A lighter asyncio.wait(FIRST_COMPLETED): one waiter and one timer, no sets. Like
+    asyncio.wait, it never cancels the futures, which other watches share.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        for future in futures:
+            future.remove_done_callback(wake)
 
 
 def _unexpired(identities: Sequence[Identity], now: datetime) -> tuple[Identity, ...]:

@@ -94,43 +94,39 @@ class ExeHasher:
 
     def digest(self, pid: int) -> ExeDigest:
         """Hash the file that ``pid`` runs; raise ExeUnreadableError or ExeTooLargeError."""
-        digest = self._digest(pid, cached_only=False)
-        if digest is None:  # only cached-only lookups return None
-            raise ExeUnreadableError(f"no digest for the executable of process {pid}", pid=pid)
-        return digest
-
-    def cached_digest(self, pid: int) -> ExeDigest | None:
-        """Return the digest of the file ``pid`` runs if it is cached, else None.
-
-        Reads no file content, so it does not block on disk; errors are raised as by
-        ``digest``.
-        """
-        return self._digest(pid, cached_only=True)
-
-    def _digest(self, pid: int, *, cached_only: bool) -> ExeDigest | None:
         path = f"{self._proc_root}/{pid}/exe"
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise _unreadable(pid, path, exc) from exc
         try:
-            found = self._digest_open_file(pid, path, fd, cached_only=cached_only)
+            sha256, identity = self._digest_open_file(pid, path, fd)
         finally:
             os.close(fd)
-        if found is None:
-            return None
-        sha256, identity = found
-        return ExeDigest(
-            sha256=sha256, exe_path=_link_text(path), file_id=(identity.dev, identity.ino)
-        )
+        return _exe_digest(sha256, path, identity)
 
-    def _digest_open_file(
-        self, pid: int, path: str, fd: int, *, cached_only: bool
-    ) -> tuple[str, FileIdentity] | None:
+    def cached_digest(self, pid: int) -> ExeDigest | None:
+        """Return the digest of the file ``pid`` runs if it is cached, else None.
+
+        Reads no file content, so it does not block on disk; errors are raised as by
+        ``digest``. A miss is not counted: the caller hashes next, which counts it.
+        """
+        path = f"{self._proc_root}/{pid}/exe"
+        # stat follows the /proc link to the same file that open would, without an fd.
         try:
-            info = os.fstat(fd)
+            info = os.stat(path)
         except OSError as exc:
             raise _unreadable(pid, path, exc) from exc
+        sha256 = self._cached_sha256(pid, path, info)
+        if sha256 is None:
+            return None
+        return _exe_digest(sha256, path, FileIdentity.of(info))
+
+    def _cached_sha256(self, pid: int, path: str, info: os.stat_result) -> str | None:
+        self._check_file(pid, path, info)
+        return self._lookup(FileIdentity.of(info), count_miss=False)
+
+    def _check_file(self, pid: int, path: str, info: os.stat_result) -> None:
         if not stat.S_ISREG(info.st_mode):
             raise ExeUnreadableError(f"{path} is not a regular file", pid=pid)
         if self._max_exe_size is not None and info.st_size > self._max_exe_size:
@@ -141,12 +137,17 @@ class ExeHasher:
                 size=info.st_size,
                 limit=self._max_exe_size,
             )
+
+    def _digest_open_file(self, pid: int, path: str, fd: int) -> tuple[str, FileIdentity]:
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            raise _unreadable(pid, path, exc) from exc
+        self._check_file(pid, path, info)
         identity = FileIdentity.of(info)
-        cached = self._lookup(identity, count_miss=not cached_only)
+        cached = self._lookup(identity, count_miss=True)
         if cached is not None:
             return cached, identity
-        if cached_only:
-            return None
         sha256 = self._hash(pid, path, fd)
         self._check_unchanged(pid, path, fd, identity)
         if time.time_ns() - identity.ctime_ns >= RACY_WINDOW_NS:
@@ -197,6 +198,12 @@ class ExeHasher:
             self._cache.move_to_end(identity)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+
+
+def _exe_digest(sha256: str, path: str, identity: FileIdentity) -> ExeDigest:
+    return ExeDigest(
+        sha256=sha256, exe_path=_link_text(path), file_id=(identity.dev, identity.ino)
+    )
 
 
 def _unreadable(pid: int, path: str, exc: OSError) -> ExeUnreadableError:
