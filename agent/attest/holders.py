@@ -182,7 +182,7 @@ class HolderScanner:
         return self._large_until.get(cgroup_text, 0.0) > time.monotonic()
 
     def _check_pinned(self, pid: int, inode: int, budget: _FdBudget | None = None) -> None:
-        if inode not in socket_inodes(pid, self._proc_root, pinned=True, budget=budget):
+        if not holds_socket(pid, inode, self._proc_root, budget=budget):
             raise SocketHolderError(
                 Reason.SOCKET_NOT_HELD,
                 f"process {pid} does not hold the client end of its connection (socket "
@@ -288,6 +288,28 @@ def _shared(pid: int, inode: int, others: frozenset[int]) -> SocketHolderError:
         pid=pid,
         holders=others,
     )
+
+
+def holds_socket(
+    pid: int, inode: int, proc_root: Path, *, budget: _FdBudget | None = None
+) -> bool:
+    """Tell whether the pinned process ``pid`` holds socket ``inode``; raise on any error.
+
+    Reading stops at the first descriptor of the socket. With a ``budget``, all the
+    descriptors are counted against it before any is read.
+    """
+    wanted = f"{_SOCKET_LINK_PREFIX}{inode}]"
+    fd_dir = f"{proc_root}/{pid}/fd"
+    try:
+        dir_fd = os.open(fd_dir, _DIR_FLAGS)
+    except OSError as exc:
+        raise translate_os_error(exc, pid, Path(fd_dir)) from exc
+    try:
+        return any(
+            target == wanted for target in _fd_targets(pid, dir_fd, fd_dir, True, budget)
+        )
+    finally:
+        os.close(dir_fd)
 
 
 def socket_inodes(

@@ -176,13 +176,28 @@ def _walk(top: str) -> list[str]:
             # The top (a pod's cgroup) normally has subdirectories, so it is listed at once.
             if directory is not top and _is_leaf(directory):
                 continue
-            with os.scandir(directory) as entries:
-                below = [entry.path for entry in entries if _is_dir(entry)]
+            below = _subdirectories(directory)
         except OSError:
             continue
         found.extend(below)
         pending.extend(below)
     return found
+
+
+def _subdirectories(directory: str) -> list[str]:
+    """Return the paths of the subdirectories of ``directory``; raise OSError if unlistable.
+
+    cgroupfs reports each entry's type, so is_dir() needs no stat and cannot fail. Only
+    on a file system that does not report types can it stat and fail for an entry
+    removed meanwhile; then the entries are checked one by one and such an entry is
+    skipped (it is gone), rather than the whole directory.
+    """
+    with os.scandir(directory) as entries:
+        listed = list(entries)
+    try:
+        return [entry.path for entry in listed if entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return [entry.path for entry in listed if _is_dir(entry)]
 
 
 def _is_leaf(directory: str) -> bool:
