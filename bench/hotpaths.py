@@ -6,8 +6,10 @@ runs once per SVID and renewal. This section times those calls directly, so a ch
 to them shows up without the noise of client processes:
 
 - ``Attestor.attest_pid`` for a process alone in its pod (every /proc read and the
-  cgroup parse, digest from the cache; the holder scan needs a connection, so the
-  fetch benchmark covers it);
+  cgroup parse, digest from the cache; no holder scan, which needs a connection);
+- the socket holder check of a front-door connection, ``HolderScanner.check_small``
+  (the event-loop path) and ``HolderScanner.check`` (the worker-thread path), for a
+  process alone in its pod that holds a socket;
 - ``match_manifests`` against 64 and 500 manifests, one of which grants the caller,
   as on a node with that many pods (the event loop runs it on every call and wake);
 - ``Authority.get_x509_svid`` for a new SPIFFE ID each time (key generation, signing).
@@ -28,18 +30,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.attest.attestor import Attestor
+from agent.attest.attestor import INLINE_SCAN_MAX_FDS, INLINE_SCAN_MAX_PIDS, Attestor
 from agent.attest.evidence import Evidence
+from agent.attest.holders import HolderScanner
 from agent.ca import Authority, CASettings
 from agent.manifests.matching import match_manifests
 from agent.manifests.schema import Manifest
 from bench.agentproc import TRUST_DOMAIN
-from bench.pods import Pods
+from bench.pods import CGROUP_MOUNT as CGROUP_ROOT
+from bench.pods import Pod, Pods
 from bench.procs import Children
 from bench.stats import Row, median
 
 # A workload that waits until its stdin closes.
 WAIT_SCRIPT = "import sys\nsys.stdin.readline()\n"
+# A workload holding both ends of a socket pair; it prints one end's inode, then waits.
+SOCKET_SCRIPT = (
+    "import json, os, socket, sys\n"
+    "ends = socket.socketpair()\n"
+    "print(json.dumps({'inode': os.fstat(ends[0].fileno()).st_ino}), flush=True)\n"
+    "sys.stdin.readline()\n"
+)
 MANIFEST_COUNTS = (64, 500)
 
 
@@ -94,6 +105,7 @@ def run_hotpaths(
     pod = pods.create()
     holder = children.start([sys.executable, "-c", WAIT_SCRIPT], name="holder", pod=pod)
     attest_us = asyncio.run(_attest_us(holder.pid, plan.calls))
+    small_us, shared_us = _holder_check_us(children, pods.create(), plan.calls)
     if profile_dir is not None:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -106,6 +118,12 @@ def run_hotpaths(
         Row("hotpaths", "attest_pid, one process in its pod", "us", attest_us,
             note=f"median of 5 batches of {plan.calls}; digest cached"),
     ]
+    rows += [
+        Row("hotpaths", "holder check on the event loop (check_small), one process in its pod",
+            "us", small_us, note=f"median of 5 batches of {plan.calls}"),
+        Row("hotpaths", "holder check in a worker thread (check), one process in its pod",
+            "us", shared_us, note=f"median of 5 batches of {plan.calls}; called directly"),
+    ]
     for count in MANIFEST_COUNTS:
         manifests, evidence = _manifests(count)
         match = functools.partial(match_manifests, manifests, evidence)
@@ -117,6 +135,25 @@ def run_hotpaths(
             note=f"mean of {plan.mints}"),
     ]
     return rows, {}
+
+
+def _holder_check_us(children: Children, pod: Pod, calls: int) -> tuple[float, float]:
+    """Time both holder checks for a process in ``pod`` holding one socket pair."""
+    holder = children.start([sys.executable, "-c", SOCKET_SCRIPT], name="sockets", pod=pod)
+    try:
+        inode = int(holder.receive()["inode"])
+        cgroup_text = Path(f"/proc/{holder.pid}/cgroup").read_text()
+        scanner = HolderScanner(Path("/proc"), CGROUP_ROOT)
+        small = functools.partial(
+            scanner.check_small, holder.pid, inode, cgroup_text,
+            max_pids=INLINE_SCAN_MAX_PIDS, max_fds=INLINE_SCAN_MAX_FDS,
+        )
+        if small() is None:
+            raise RuntimeError("check_small declined a one-process pod")
+        shared = functools.partial(scanner.check, holder.pid, inode, cgroup_text)
+        return _per_call_us(small, calls), _per_call_us(shared, calls)
+    finally:
+        children.stop(holder)
 
 
 def _manifests(count: int) -> tuple[list[Manifest], Evidence]:

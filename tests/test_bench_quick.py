@@ -26,6 +26,8 @@ RUN_TIMEOUT_SECONDS = 120
 EXPECTED_ROWS = {
     "hotpaths": {
         "attest_pid, one process in its pod",
+        "holder check on the event loop (check_small), one process in its pod",
+        "holder check in a worker thread (check), one process in its pod",
         "match evidence against 64 manifests",
         "match evidence against 500 manifests",
         "mint an X.509-SVID (EC P-256 key and signature)",
