@@ -8,10 +8,9 @@ Where the work runs: a warm attestation (the executable's digest is cached and t
 caller's cgroup scope has at most ``INLINE_SCAN_MAX_PIDS`` processes holding at most
 ``INLINE_SCAN_MAX_FDS`` descriptors) runs on the event loop. It is a few dozen reads
 of procfs and cgroupfs, which never wait for a disk, and a hop to a worker thread and
-back cost more than the reads themselves. An
-attestation that must hash a file or scan a large or node-wide scope stops before it
-judges anything and runs again from the start in a worker thread, so the event loop
-never blocks on file content.
+back costs more than the reads themselves. An attestation that must hash a file or
+scan a large or node-wide scope stops before it judges anything and runs again from
+the start in a worker thread, so the event loop never blocks on file content.
 
 For connections accepted by the front door the attestor also requires that the
 process runs the same file as when it was pinned (an execve() since then fails with
