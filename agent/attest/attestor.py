@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 # Attestations of one process that may run at once; more wait so other callers go first.
 MAX_JOBS_PER_PROCESS = 4
 # Largest holder scan done on the event loop, in processes and in descriptors (one
-# readlink each); larger scans go to a thread, where concurrent callers share them.
+# readlink each). Larger scans go to a thread, where concurrent callers share them.
 INLINE_SCAN_MAX_PIDS = 32
 INLINE_SCAN_MAX_FDS = 512
 

@@ -2,7 +2,7 @@
 
 ``ExeHasher.digest(pid)`` blocks while it reads the file, so callers run it in a
 worker thread; the cache is guarded by a lock for that reason. ``cached_digest(pid)``
-reads no content and answers only from the cache, so the event loop may call it. Opening
+reads no content and returns only cached digests, so the event loop may call it. Opening
 /proc/<pid>/exe opens the file the process runs, even if it was deleted or lives in
 another mount namespace, so no path is ever resolved in the agent's own namespace.
 

@@ -1,4 +1,4 @@
-"""Which processes share a caller's cgroup scope, read from cgroupfs and /proc.
+"""The processes that share a caller's cgroup scope, read from cgroupfs and /proc.
 
 The socket holder check (agent.attest.holders) scans the fd tables of these
 processes. ``cgroup_scope(text, root)`` turns a /proc/<pid>/cgroup text into the
@@ -163,10 +163,10 @@ def _walk(top: str) -> list[str]:
     """Return ``top`` and every directory below it, skipping any that vanish meanwhile.
 
     Like os.walk without onerror: a directory that cannot be listed (removed while it
-    is walked) is skipped, and symbolic links are not followed. A directory whose link
-    count is 2 has no subdirectories (cgroupfs, like most Linux file systems, counts
-    "." and each subdirectory's ".."), so it is not listed: a container's cgroup is a
-    leaf, and listing it costs more than the stat.
+    is walked) is skipped, and symbolic links are not followed. A directory below
+    ``top`` whose link count is 2 has no subdirectories, because cgroupfs, like most
+    Linux file systems, counts "." and each subdirectory's "..". Such a leaf (a
+    container's cgroup) is not listed, since listing costs more than the stat.
     """
     found = [top]
     pending = [top]
@@ -187,10 +187,10 @@ def _walk(top: str) -> list[str]:
 def _subdirectories(directory: str) -> list[str]:
     """Return the paths of the subdirectories of ``directory``; raise OSError if unlistable.
 
-    cgroupfs reports each entry's type, so is_dir() needs no stat and cannot fail. Only
-    on a file system that does not report types can it stat and fail for an entry
-    removed meanwhile; then the entries are checked one by one and such an entry is
-    skipped (it is gone), rather than the whole directory.
+    cgroupfs reports each entry's type, so is_dir() needs no stat there. On a file
+    system that does not report types, is_dir() stats and fails for an entry removed
+    meanwhile. The entries are then checked one by one, so only that entry is skipped
+    (it is gone), not the whole directory.
     """
     with os.scandir(directory) as entries:
         listed = list(entries)
