@@ -288,6 +288,11 @@ class IdentityResolver:
     def _versions(self) -> tuple[int, int]:
         return self._store.notifier.version, self._authority.notifier.version
 
+    @property
+    def versions(self) -> tuple[int, int]:
+        """The manifest store's and the CA's change counters; either grows on a change."""
+        return self._versions()
+
     def _wake_delay(self, state: CallerState, basis: _Basis) -> float:
         """Return seconds until the next re-check: re-attestation, SVID refresh or expiry."""
         now = datetime.now(UTC)

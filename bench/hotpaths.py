@@ -30,7 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.attest.attestor import INLINE_SCAN_MAX_FDS, INLINE_SCAN_MAX_PIDS, Attestor
+from agent.attest.attestor import (
+    INLINE_SCAN_MAX_DIRS,
+    INLINE_SCAN_MAX_FDS,
+    INLINE_SCAN_MAX_PIDS,
+    Attestor,
+)
 from agent.attest.evidence import Evidence
 from agent.attest.holders import HolderScanner
 from agent.ca import Authority, CASettings
@@ -147,6 +152,7 @@ def _holder_check_us(children: Children, pod: Pod, calls: int) -> tuple[float, f
         small = functools.partial(
             scanner.check_small, holder.pid, inode, cgroup_text,
             max_pids=INLINE_SCAN_MAX_PIDS, max_fds=INLINE_SCAN_MAX_FDS,
+            max_dirs=INLINE_SCAN_MAX_DIRS,
         )
         if small() is None:
             raise RuntimeError("check_small declined a one-process pod")

@@ -6,11 +6,12 @@ itself with pidfd_open and serves the CLI (``inspect``).
 
 Where the work runs: a warm attestation (the executable's digest is cached and the
 caller's cgroup scope has at most ``INLINE_SCAN_MAX_PIDS`` processes holding at most
-``INLINE_SCAN_MAX_FDS`` descriptors) runs on the event loop. It is a few dozen reads
-of procfs and cgroupfs, which never wait for a disk, and a hop to a worker thread and
-back costs more than the reads themselves. An attestation that must hash a file or
-scan a large or node-wide scope stops before it judges anything and runs again from
-the start in a worker thread, so the event loop never blocks on file content.
+``INLINE_SCAN_MAX_FDS`` descriptors in at most ``INLINE_SCAN_MAX_DIRS`` cgroups) runs on
+the event loop. It is a few dozen reads of procfs and cgroupfs, which never wait for a
+disk, and a hop to a worker thread and back costs more than the reads themselves. An
+attestation that must hash a file or scan a large or node-wide scope stops before it
+judges anything and runs again from the start in a worker thread, so the event loop
+never blocks on file content.
 
 For connections accepted by the front door the attestor also requires that the
 process runs the same file as when it was pinned (an execve() since then fails with
@@ -65,6 +66,8 @@ MAX_JOBS_PER_PROCESS = 4
 # readlink each). Larger scans go to a thread, where concurrent callers share them.
 INLINE_SCAN_MAX_PIDS = 32
 INLINE_SCAN_MAX_FDS = 512
+# Cgroup directories one listing of the scope may find before the scan moves to a thread.
+INLINE_SCAN_MAX_DIRS = 64
 
 
 class _NeedsThread(Exception):
@@ -258,7 +261,12 @@ class Attestor:
             self._holders.check(pid, inode, cgroup_text)
             return
         small = self._holders.check_small(
-            pid, inode, cgroup_text, max_pids=INLINE_SCAN_MAX_PIDS, max_fds=INLINE_SCAN_MAX_FDS
+            pid,
+            inode,
+            cgroup_text,
+            max_pids=INLINE_SCAN_MAX_PIDS,
+            max_fds=INLINE_SCAN_MAX_FDS,
+            max_dirs=INLINE_SCAN_MAX_DIRS,
         )
         if small is None:
             raise _NeedsThread  # a node-wide or large scan: share it in a thread

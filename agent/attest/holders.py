@@ -29,8 +29,10 @@ caller's /proc/<pid>/cgroup names a cgroup other than the root. When none of the
 visible, every process in /proc is scanned instead. The list of processes is read
 again after each pass until no new process appears, so a holder that forks and exits
 while the scan runs is still seen, and a scope that keeps changing fails closed after
-``MAX_SCAN_ROUNDS`` passes. A first listing that holds no process but the pinned one,
-whose table ``check_small`` read just before, needs no second listing.
+``MAX_SCAN_ROUNDS`` passes. In a scope of single cgroups (no pod), a first listing
+that holds no process but the pinned one, whose table ``check_small`` read just before,
+needs no second listing. In a pod it does, because a process could move from a cgroup
+not yet read to one already read while the first listing runs.
 
 A scan cannot see a descriptor that sits in flight in an SCM_RIGHTS message (queued
 on a socket, not yet received), a holder outside the scope (another pod or service on
@@ -51,7 +53,7 @@ from pathlib import Path
 
 from agent.attest.errors import ProcUnreadableError, SocketHolderError
 from agent.attest.procfs import translate_os_error
-from agent.attest.scope import all_pids, cgroup_scope, pids_in_cgroups
+from agent.attest.scope import TooManyCgroupsError, all_pids, cgroup_scope, pids_in_cgroups
 from agent.denial import Reason
 
 MAX_SCAN_ROUNDS = 4
@@ -96,7 +98,7 @@ class _ScopeState:
 
 
 class _ScopeTooLarge(Exception):
-    """A bounded scan found more processes or descriptors than its limits."""
+    """A bounded scan found more processes, descriptors or cgroups than its limits."""
 
 
 @dataclass(slots=True)
@@ -139,15 +141,23 @@ class HolderScanner:
         return HolderScan(scanned=index.scanned, scope="cgroup" if scope_dirs else "node")
 
     def check_small(
-        self, pid: int, inode: int, cgroup_text: str, *, max_pids: int, max_fds: int
+        self,
+        pid: int,
+        inode: int,
+        cgroup_text: str,
+        *,
+        max_pids: int,
+        max_fds: int,
+        max_dirs: int,
     ) -> HolderScan | None:
         """Check as ``check`` does with a private scan, if the scope is small.
 
         Returns None, having judged nothing, when the scope is not visible (a scan of
-        the node) or has more than ``max_pids`` processes or ``max_fds`` descriptors
-        in all. Call ``check`` then, because it shares scans between concurrent
-        callers. It never waits for other threads, so the event loop may call it. It
-        costs a few /proc and cgroupfs reads per process and one readlink per descriptor.
+        the node) or has more than ``max_pids`` processes, ``max_fds`` descriptors in
+        all, or ``max_dirs`` cgroup directories in one listing. Call ``check`` then,
+        because it shares scans between concurrent callers. It never waits for other
+        threads, so the event loop may call it. It costs a few /proc and cgroupfs reads
+        per process and cgroup, and one readlink per descriptor.
         """
         if self.declines(cgroup_text):
             return None
@@ -158,14 +168,17 @@ class HolderScanner:
         try:
             self._check_pinned(pid, inode, budget)
             index = _scan(
-                lambda: pids_in_cgroups(scope_dirs),
+                lambda: pids_in_cgroups(scope_dirs, max_dirs),
                 self._proc_root,
                 "cgroup",
                 skip=pid,
+                # Within a pod a process can move between cgroups while one listing
+                # runs, so only a scope of single directories may end after one listing.
+                alone_ends=not any(scope_dir.recursive for scope_dir in scope_dirs),
                 max_pids=max_pids,
                 budget=budget,
             )
-        except _ScopeTooLarge:
+        except (_ScopeTooLarge, TooManyCgroupsError):
             # Skip the bounded attempt for a while: it would only stop again.
             if len(self._large_until) >= _LARGE_SCOPES_KEPT:
                 self._large_until.clear()
@@ -241,6 +254,7 @@ def _scan(
     scope: str,
     *,
     skip: int | None = None,
+    alone_ends: bool = False,
     max_pids: int | None = None,
     budget: _FdBudget | None = None,
 ) -> _Index:
@@ -262,7 +276,7 @@ def _scan(
             frozen = {inode: frozenset(pids) for inode, pids in holders.items()}
             return _Index(holders=frozen, scanned=len(scanned))
         to_read = new - {skip, os.getpid()}
-        if not scanned and not to_read:
+        if alone_ends and not scanned and not to_read:
             # Only the pinned process, read before this listing, is in the scope. A process
             # that appears later was forked after the listing, as if after the check, so a
             # second listing would prove nothing more.

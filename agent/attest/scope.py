@@ -149,17 +149,30 @@ def _exists(directory: str, name: str) -> bool:
     return _stat(os.path.join(directory, name)) is not None
 
 
-def pids_in_cgroups(scope_dirs: Iterable[ScopeDir]) -> set[int]:
-    """Return the process ids listed in ``cgroup.procs`` of each directory (and below)."""
+class TooManyCgroupsError(Exception):
+    """A bounded listing found more cgroup directories than its limit."""
+
+
+def pids_in_cgroups(scope_dirs: Iterable[ScopeDir], max_dirs: int | None = None) -> set[int]:
+    """Return the process ids listed in ``cgroup.procs`` of each directory (and below).
+
+    With ``max_dirs``, raise TooManyCgroupsError once more directories than that were
+    found in all, before reading any of them.
+    """
     pids: set[int] = set()
+    left = max_dirs
     for scope in scope_dirs:
-        directories = _walk(scope.path) if scope.recursive else [scope.path]
+        directories = _walk(scope.path, left) if scope.recursive else [scope.path]
+        if left is not None:
+            left -= len(directories)
+            if left < 0:
+                raise TooManyCgroupsError
         for directory in directories:
             pids |= _read_procs(directory + "/cgroup.procs")
     return pids
 
 
-def _walk(top: str) -> list[str]:
+def _walk(top: str, max_dirs: int | None = None) -> list[str]:
     """Return ``top`` and every directory below it, skipping any that vanish meanwhile.
 
     Like os.walk without onerror: a directory that cannot be listed (removed while it
@@ -181,6 +194,8 @@ def _walk(top: str) -> list[str]:
             continue
         found.extend(below)
         pending.extend(below)
+        if max_dirs is not None and len(found) > max_dirs:
+            raise TooManyCgroupsError
     return found
 
 

@@ -51,6 +51,7 @@ class WorkloadApiServicer:
         self._resolver = resolver
         self._malformed_count = 0
         self._responses: dict[tuple[str, tuple[str, ...]], tuple[tuple[object, ...], bytes]] = {}
+        self._responses_versions: tuple[int, int] | None = None
 
     async def FetchX509SVID(self, request: Any, context: Any) -> AsyncIterator[Any]:
         build = messages.x509_svid_response
@@ -155,8 +156,13 @@ class WorkloadApiServicer:
         Every field of a stream response derives from what the state's fingerprint
         names (SPIFFE IDs, SVID serial numbers, hints, bundle versions), so callers with
         the same fingerprint receive the same bytes. Only the latest response per set
-        of SPIFFE IDs is kept, so the keys of renewed SVIDs do not linger here.
+        of SPIFFE IDs is kept, and every manifest or CA change (a renewal, a removed
+        manifest) empties the cache, so the keys of old SVIDs do not linger here.
         """
+        versions = self._resolver.versions
+        if versions != self._responses_versions:
+            self._responses.clear()
+            self._responses_versions = versions
         fingerprint = state.fingerprint()
         key = (method, state.spiffe_ids)
         cached = self._responses.get(key)
