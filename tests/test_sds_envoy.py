@@ -31,9 +31,9 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from google.rpc import status_pb2
 
 from agent.sds.encoding import SECRET_TYPE_URL
+from tests.support.agent_process import AgentProcess, agent_files, sign_manifest, start_agent
 from tests.support.cgroups import TestCgroup, pod_cgroup
 from tests.support.processes import sha256_file
-from tests.support.sds_agent import RunningAgent, running_agent
 from tests.support.sds_envoy import (
     Envoy,
     envoy_binary,
@@ -60,7 +60,7 @@ STEP = 10.0
 
 @dataclass
 class Mesh:
-    agent: RunningAgent
+    agent: AgentProcess
     client: Envoy
     server: Envoy
     intruder: Envoy
@@ -71,15 +71,18 @@ class Mesh:
     work_dir: Path
 
 
-def pod_manifest(agent: RunningAgent, name: str, pod: TestCgroup, **extra: object) -> None:
-    agent.write_manifest(
+def pod_manifest(agent: AgentProcess, name: str, pod: TestCgroup, **extra: object) -> None:
+    sign_manifest(
+        agent.files,
         name,
-        spiffe_id=f"spiffe://{TD}/ns/{NAMESPACE}/sa/{name}",
-        exe_sha256=[sha256_file(envoy_binary())],
-        pod_uid=pod.pod_uid,
-        namespace=NAMESPACE,
-        service_account=name,
-        **extra,
+        {
+            "spiffe_id": f"spiffe://{TD}/ns/{NAMESPACE}/sa/{name}",
+            "exe_sha256": [sha256_file(envoy_binary())],
+            "pod_uid": pod.pod_uid,
+            "namespace": NAMESPACE,
+            "service_account": name,
+            **extra,
+        },
     )
 
 
@@ -100,7 +103,7 @@ def get_until(port: int, status: int) -> tuple[int, dict[str, str], str]:
 def start_pair_member(
     template: str,
     work_dir: Path,
-    agent: RunningAgent,
+    agent: AgentProcess,
     pod: TestCgroup,
     name: str,
     disable_spiffe_validation: bool = False,
@@ -112,7 +115,7 @@ def start_pair_member(
         work_dir / f"{name}.yaml",
         node_id=name,
         admin_port=admin_port,
-        agent_socket=agent.socket_path,
+        agent_socket=agent.files.socket_path,
         disable_spiffe_validation=str(disable_spiffe_validation).lower(),
         **values,
     )
@@ -127,17 +130,21 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             name: stack.enter_context(pod_cgroup("pids"))
             for name in ("client", "server", "intruder")
         }
-        agent = stack.enter_context(running_agent(work_dir))
+        files = stack.enter_context(agent_files(trust_domain=TD, root=work_dir))
+        agent = stack.enter_context(start_agent(files))
         pod_manifest(agent, "client", pods["client"], x509_svid_ttl=CLIENT_TTL_SECONDS)
         pod_manifest(agent, "server", pods["server"])
         pod_manifest(agent, "intruder", pods["intruder"])
-        agent.write_manifest(
+        sign_manifest(
+            files,
             "raw-client",
-            spiffe_id=RAW_CLIENT_ID,
-            exe_sha256=[sha256_file(Path(f"/proc/{os.getpid()}/exe"))],
-            uid=os.getuid(),
+            {
+                "spiffe_id": RAW_CLIENT_ID,
+                "exe_sha256": [sha256_file(Path(f"/proc/{os.getpid()}/exe"))],
+                "uid": os.getuid(),
+            },
         )
-        agent.wait_for_log(r"msg=manifest set changed count=4", STEP)
+        agent.wait_for_match(r"msg=manifest set changed count=4", STEP)
         client_port, server_port, intruder_port = free_ports(3)
         server = start_pair_member(
             "server.yaml",
@@ -220,8 +227,8 @@ def test_unlisted_client_rejected(mesh: Mesh) -> None:
 
 def test_rotation_reaches_envoy(mesh: Mesh) -> None:
     assert get_until(mesh.client_port, 200)[0] == 200
-    start = len(mesh.agent.log())
-    renewed = mesh.agent.wait_for_log(
+    start = len(mesh.agent.log_text())
+    renewed = mesh.agent.wait_for_match(
         rf"msg=identity issued .*spiffe_id={re.escape(CLIENT_ID)} "
         r"serial=([0-9a-f]+)[^\n]*reason=renewed",
         CLIENT_TTL_SECONDS + STEP,
@@ -276,7 +283,7 @@ def test_delta_grpc_envoys(mesh: Mesh) -> None:
             assert validation_kinds(server) == {"ALL": "custom_validator_config"}
             for envoy in (client, server):
                 opened = rf"msg=SDS stream opened pid={envoy.pid} .*method=DeltaSecrets"
-                assert re.search(opened, mesh.agent.log()), envoy.pid
+                assert re.search(opened, mesh.agent.log_text()), envoy.pid
         finally:
             client.stop()
     finally:
@@ -316,7 +323,7 @@ def leaf_id(secret: secret_pb2.Secret) -> str:
 
 @contextlib.asynccontextmanager
 async def sds_stub(mesh: Mesh):  # type: ignore[no-untyped-def]
-    channel = grpc.aio.insecure_channel(f"unix:{mesh.agent.socket_path}")
+    channel = grpc.aio.insecure_channel(f"unix:{mesh.agent.files.socket_path}")
     try:
         yield sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
     finally:
@@ -374,20 +381,20 @@ async def test_raw_fetch_matches_stream(mesh: Mesh) -> None:
 
 
 async def test_raw_nack_not_resent(mesh: Mesh) -> None:
-    start = len(mesh.agent.log())
+    start = len(mesh.agent.log_text())
     async with sds_stub(mesh) as stub:
         call = stub.StreamSecrets()
         await call.write(request("default"))
         first = await read(call)
         await call.write(request("default", nonce=first.nonce, error="raw client rejects this"))
-        mesh.agent.wait_for_log(
+        mesh.agent.wait_for_match(
             r"msg=SDS client rejected a response .*raw client rejects this", STEP, start
         )
         # Were the rejected content resent, it would arrive before this name change.
         await call.write(request("default", "ROOTCA", nonce=first.nonce))
         second = await read(call)
         call.cancel()
-    nack_line = re.search(r".*SDS client rejected a response.*", mesh.agent.log()[start:])
+    nack_line = re.search(r".*SDS client rejected a response.*", mesh.agent.log_text()[start:])
     assert nack_line is not None
     assert f"version={first.version_info}" in nack_line.group(0)
     assert f"nonce={first.nonce}" in nack_line.group(0)
@@ -427,7 +434,7 @@ async def test_raw_delta(mesh: Mesh) -> None:
 
 
 async def test_raw_revocation_ends_stream(mesh: Mesh) -> None:
-    manifest = mesh.agent.manifests_dir / "raw-client.json"
+    manifest = mesh.agent.files.manifests_dir / "raw-client.json"
     saved = manifest.read_bytes()
     async with sds_stub(mesh) as stub:
         call = stub.StreamSecrets()

@@ -9,6 +9,9 @@ returns once the agent logged that it started; the ``with`` block always stops i
         sign_manifest(files, "web", {...})
         ...  # agent.log_text() returns everything the agent logged
 
+``agent_files(root=...)`` puts the files into a directory that the caller made, such
+as one from pytest's ``tmp_path_factory``, and leaves it in place on exit.
+
 Stopping sends SIGTERM and, if the agent is still running after 10 s, SIGKILL.
 """
 
@@ -16,23 +19,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Functional deadlines for a 2-core machine shared with other test runs.
 START_DEADLINE_SECONDS = 30.0
 LOG_DEADLINE_SECONDS = 20.0
+
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -59,11 +65,21 @@ def openssl(*args: str) -> None:
 
 @contextmanager
 def agent_files(
-    *, trust_domain: str = "cluster.local", x509_svid_ttl: int = 3600, extra_config: str = ""
+    *,
+    trust_domain: str = "cluster.local",
+    x509_svid_ttl: int = 3600,
+    extra_config: str = "",
+    root: Path | None = None,
 ) -> Iterator[AgentFiles]:
-    """Create the agent's directory, key pair and config; remove them all on exit."""
-    # Under /tmp, not pytest's tmp_path: the socket path must fit in 107 bytes.
-    root = Path(tempfile.mkdtemp(prefix="aa-", dir="/tmp"))
+    """Create the agent's directory, key pair and config, and remove them all on exit.
+
+    With ``root``, write into that existing directory instead and leave it on exit.
+    Its socket path, ``root/public/api.sock``, must fit in 107 bytes.
+    """
+    owns_root = root is None
+    if root is None:
+        # Under /tmp, not pytest's tmp_path: the socket path must fit in 107 bytes.
+        root = Path(tempfile.mkdtemp(prefix="aa-", dir="/tmp"))
     try:
         keys = root / "keys"
         keys.mkdir()
@@ -98,7 +114,8 @@ def agent_files(
         )
         yield files
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if owns_root:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def sign_manifest(files: AgentFiles, name: str, document: dict[str, Any]) -> Path:
@@ -135,17 +152,51 @@ class AgentProcess:
 
     def wait_for_log(self, *fragments: str, deadline: float = LOG_DEADLINE_SECONDS) -> str:
         """Wait until one log line contains every fragment and return that line."""
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            for line in self.log_text().splitlines():
+
+        def find(text: str) -> str | None:
+            for line in text.splitlines():
                 if all(fragment in line for fragment in fragments):
                     return line
-            if self.popen.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(
-            f"no agent log line with {fragments} within {deadline} s; log:\n{self.log_text()}"
-        )
+            return None
+
+        line = self._poll_log(find, deadline, interval=0.1)
+        if line is None:
+            raise AssertionError(
+                f"no agent log line with {fragments} within {deadline} s; log:\n{self.log_text()}"
+            )
+        return line
+
+    def wait_for_match(
+        self, pattern: str, deadline: float = LOG_DEADLINE_SECONDS, start: int = 0
+    ) -> re.Match[str]:
+        """Wait until the log, from character ``start`` on, matches ``pattern``.
+
+        The pattern is compiled with re.MULTILINE. The log is read every 20 ms because
+        callers take the time of the match as the time of the logged event.
+        """
+        compiled = re.compile(pattern, re.MULTILINE)
+        found = self._poll_log(lambda text: compiled.search(text, start), deadline, interval=0.02)
+        if found is None:
+            raise AssertionError(
+                f"no match for {pattern!r} in the agent log within {deadline} s "
+                f"(agent exit status: {self.popen.poll()}); log tail:\n{self.log_text()[-3000:]}"
+            )
+        return found
+
+    def _poll_log(
+        self, find: Callable[[str], Result | None], deadline: float, interval: float
+    ) -> Result | None:
+        """Read the log until ``find`` returns a result, the deadline passes or the agent exits."""
+        end = time.monotonic() + deadline
+        while True:
+            # Checked before the read, so the last read contains all that an exited agent wrote.
+            exited = self.popen.poll() is not None
+            found = find(self.log_text())
+            if found is not None:
+                return found
+            if exited or time.monotonic() >= end:
+                return None
+            time.sleep(interval)
 
     def signal(self, signum: signal.Signals) -> None:
         self.popen.send_signal(signum)
