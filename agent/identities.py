@@ -68,6 +68,10 @@ __all__ = [
     "X509Svid",
 ]
 
+# The longest a stream sleeps, as a fraction of its SVID's remaining validity. The CA
+# normally renews the SVID at half its lifetime and wakes the stream long before.
+_EXPIRY_WAKE_FRACTION = 0.9
+
 # Result of attestation and matching: the evidence (None when attestation failed)
 # and the unexpired identities granted, or the denial.
 Match = tuple[Evidence | None, tuple[Identity, ...] | Denial]
@@ -140,7 +144,8 @@ class IdentityResolver:
         """Yield the caller's state now and after each change; a Denial ends the watch.
 
         The watch wakes on manifest changes, CA changes, the SVID's refresh time, the
-        earliest manifest expiry and every ``reattest_interval`` seconds, and yields only
+        earliest manifest expiry, before the SVID it sent expires (should a CA notice
+        be missed) and every ``reattest_interval`` seconds, and yields only
         when the state differs from the last one yielded. It ends without a Denial when
         the connection closes. ``api`` names the stream's API in the open-streams count.
 
@@ -307,6 +312,9 @@ class IdentityResolver:
             refresh_in = (refresh_at - now).total_seconds() + 0.05
             if refresh_in > 0:
                 deadlines.append(refresh_in)
+            # A safety net: ask again before the sent SVID expires, even if the CA's
+            # renewal notice never came (a late renewal loop, or a dropped SVID).
+            deadlines.append((held.svid.not_after - now).total_seconds() * _EXPIRY_WAKE_FRACTION)
             if held.identity.not_after is not None:
                 deadlines.append((held.identity.not_after - now).total_seconds() + 0.05)
         return max(0.05, min(deadlines))

@@ -19,6 +19,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -295,4 +296,25 @@ async def test_watch_renewal_after_exit_revoked(world: World) -> None:
     assert isinstance(ended, Denial)
     assert ended.reason == Reason.IDENTITY_REVOKED
     assert world.attestor.calls == 2
+    await stream.aclose()
+
+
+async def test_watch_renews_without_ca_notice(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CA's background renewal never runs, so no change notice arrives. The stream
+    # still asks again before its SVID expires and sends the SVID the CA mints then.
+    async def no_renewal(now: float) -> None:
+        return None
+
+    monkeypatch.setattr(world.authority.real, "_renew_due", no_renewal)
+    await world.grant(x509_svid_ttl=3)
+    stream = world.resolver().watch(world.conn)
+    first = await first_state(stream)
+
+    renewed = await asyncio.wait_for(anext(stream), DEADLINE_SECONDS)
+
+    assert serial_of(renewed) != serial_of(first)
+    assert renewed.identities[0].svid.not_after > first.identities[0].svid.not_after
+    assert first.identities[0].svid.not_after > datetime.now(UTC)  # sent before expiry
     await stream.aclose()
