@@ -144,7 +144,7 @@ class IdentityResolver:
         """Yield the caller's state now and after each change; a Denial ends the watch.
 
         The watch wakes on manifest changes, CA changes, the SVID's refresh time, the
-        earliest manifest expiry, before the SVID it sent expires (should a CA notice
+        earliest manifest expiry, as the SVID it sent nears expiry (should a CA notice
         be missed) and every ``reattest_interval`` seconds, and yields only
         when the state differs from the last one yielded. It ends without a Denial when
         the connection closes. ``api`` names the stream's API in the open-streams count.
@@ -312,8 +312,9 @@ class IdentityResolver:
             refresh_in = (refresh_at - now).total_seconds() + 0.05
             if refresh_in > 0:
                 deadlines.append(refresh_in)
-            # A safety net: ask again before the sent SVID expires, even if the CA's
-            # renewal notice never came (a late renewal loop, or a dropped SVID).
+            # A safety net for short lifetimes: ask again as the sent SVID nears expiry,
+            # even if the CA's renewal notice never came (a late renewal loop, or a
+            # dropped SVID). The CA renews an SVID requested after 75% of its lifetime.
             deadlines.append((held.svid.not_after - now).total_seconds() * _EXPIRY_WAKE_FRACTION)
             if held.identity.not_after is not None:
                 deadlines.append((held.identity.not_after - now).total_seconds() + 0.05)
