@@ -68,8 +68,8 @@ __all__ = [
     "X509Svid",
 ]
 
-# The longest a stream sleeps, as a fraction of its SVID's remaining validity. The CA
-# normally renews the SVID at half its lifetime and wakes the stream long before.
+# The maximum time a stream sleeps, as a fraction of its SVID's remaining validity.
+# The CA normally renews the SVID at half its lifetime and wakes the stream long before.
 _EXPIRY_WAKE_FRACTION = 0.9
 
 # Result of attestation and matching: the evidence (None when attestation failed)

@@ -44,7 +44,8 @@ async def test_next_change_replaces_a_cancelled_future() -> None:
     fresh = notifier.next_change(seen)
     assert fresh is not cancelled
     notifier.notify()  # must not raise on the cancelled one
-    assert fresh.done() and not fresh.cancelled()
+    assert fresh.done()
+    assert not fresh.cancelled()
 
 
 async def test_wait_for_change_returns_new_version() -> None:
