@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -133,7 +134,8 @@ def test_server_first_run_walkthrough(tmp_path: Path) -> None:
         with log_path.open("wb") as log:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--socket", str(files.socket_path),
-                 "--state-dir", str(state_dir), "--manifests-dir", str(manifests_dir)],
+                 "--state-dir", str(state_dir), "--manifests-dir", str(manifests_dir),
+                 "--health-address", "127.0.0.1:0"],
                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
             )
         try:
@@ -152,6 +154,9 @@ def _walk_through(
         time.sleep(0.1)
     log_text = log_path.read_text()
     assert "development CA in use" in log_text
+    # --health-address overrides the default port 8081; port 0 takes a free one.
+    assert re.search(r"health server listening address=127\.0\.0\.1:[1-9]\d*", log_text)
+    assert "127.0.0.1:8081" not in log_text
     dev_key = state_dir / "dev-manifest.key"
     assert f"key={dev_key}" in log_text
     assert mode_of(dev_key) == 0o600

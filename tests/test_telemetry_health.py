@@ -225,7 +225,9 @@ async def test_address_in_use(served: Served) -> None:
         await second.start()
 
     assert str(served.port) in str(caught.value)
-    assert 'set health_address in the --config file ("" turns' in str(caught.value)
+    assert 'set health_address in the --config file or with --health-address ("" turns' in str(
+        caught.value
+    )
 
 
 @pytest.mark.parametrize(

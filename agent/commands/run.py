@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("--trust-domain", help="trust domain (default cluster.local)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, help="log level")
+    parser.add_argument(
+        "--health-address",
+        help="host:port of the HTTP /live, /ready and /metrics endpoint "
+        '(default 127.0.0.1:8081; "" turns it off)',
+    )
     parser.set_defaults(handler=run)
 
 
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         "manifest_keys": args.manifest_keys,
         "trust_domain": args.trust_domain,
         "log_level": args.log_level,
+        "health_address": args.health_address,
     }
     try:
         settings = load_settings(args.config, overrides)

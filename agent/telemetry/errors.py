@@ -31,8 +31,8 @@ class HealthServerError(TelemetryError):
         self.address = address
         super().__init__(
             f"cannot listen on health_address {address!r}: {detail}; "
-            "free the port, or set health_address in the --config file "
-            '("" turns the endpoint off)'
+            "free the port, or set health_address in the --config file or with "
+            '--health-address ("" turns the endpoint off)'
         )
 
 
