@@ -107,7 +107,7 @@ class IdentityResolver:
         self._reattest_interval = reattest_interval
         self._metrics = metrics
         self._recorder = DecisionRecorder(audit)
-        self._closed = asyncio.Event()
+        self._closed = False
         self._closed_future: asyncio.Future[None] | None = None
         self._shared: JoinableRuns[str, Evidence | Denial] = JoinableRuns()
         self.callers = CallerTable()
@@ -124,7 +124,7 @@ class IdentityResolver:
 
     def close(self) -> None:
         """Stop issuing: pending and later ``resolve``/``watch`` calls raise ResolverClosedError."""
-        self._closed.set()
+        self._closed = True
         if self._closed_future is not None and not self._closed_future.done():
             self._closed_future.set_result(None)
 
@@ -168,10 +168,10 @@ class IdentityResolver:
             previous: CallerState | None = None
             basis: _Basis | None = None
             while not conn.closed:
-                if self._closed.is_set():
+                if self._closed:
                     raise ResolverClosedError
                 # Read the versions before resolving so a change during resolve is not lost.
-                seen = self._versions()
+                seen = self.versions
                 if (
                     basis is not None
                     and previous is not None
@@ -217,7 +217,7 @@ class IdentityResolver:
 
     async def recheck(self, conn: Connection) -> Match:
         """Attest and match ``conn`` now, without issuing, recording or counting anything."""
-        if self._closed.is_set():
+        if self._closed:
             raise ResolverClosedError
         attested = await self._attestor.attest(conn)
         if isinstance(attested, Denial):
@@ -254,14 +254,14 @@ class IdentityResolver:
         With ``shared_since`` (store and CA versions) the attestation may be one that
         is running for the same connection and started at or after those versions.
         """
-        if self._closed.is_set():
+        if self._closed:
             raise ResolverClosedError
         started = time.perf_counter()
         if shared_since is None:
             attested = await self._attestor.attest(conn)
         else:
             attested = await self._shared.run(
-                conn.conn_id, shared_since, self._versions(), lambda: self._attestor.attest(conn)
+                conn.conn_id, shared_since, self.versions, lambda: self._attestor.attest(conn)
             )
         matched = attested if isinstance(attested, Denial) else self._match(attested)
         if self._metrics is not None:
@@ -290,13 +290,10 @@ class IdentityResolver:
             jwt_bundle=self._authority.jwt_bundle(),
         )
 
-    def _versions(self) -> tuple[int, int]:
-        return self._store.notifier.version, self._authority.notifier.version
-
     @property
     def versions(self) -> tuple[int, int]:
         """The manifest store's and the CA's change counters; either grows on a change."""
-        return self._versions()
+        return self._store.notifier.version, self._authority.notifier.version
 
     def _wake_delay(self, state: CallerState, basis: _Basis) -> float:
         """Return seconds until the next re-check: re-attestation, SVID refresh or expiry."""
@@ -335,7 +332,7 @@ class IdentityResolver:
         """Return a future, shared by all watches, that is done once ``close()`` ran."""
         if self._closed_future is None or self._closed_future.cancelled():
             self._closed_future = asyncio.get_running_loop().create_future()
-            if self._closed.is_set():
+            if self._closed:
                 self._closed_future.set_result(None)
         return self._closed_future
 

@@ -22,7 +22,6 @@ class Notifier:
 
     def __init__(self) -> None:
         self._version = 0
-        self._event = asyncio.Event()
         self._next: asyncio.Future[None] | None = None
 
     @property
@@ -32,9 +31,6 @@ class Notifier:
     def notify(self) -> int:
         """Record a change, wake every waiter and return the new version."""
         self._version += 1
-        # Swap in a fresh event first so that waiters woken now wait on the next one.
-        event, self._event = self._event, asyncio.Event()
-        event.set()
         future, self._next = self._next, None
         if future is not None and not future.done():
             future.set_result(None)
@@ -54,5 +50,6 @@ class Notifier:
     async def wait_for_change(self, seen: int) -> int:
         """Wait until the version differs from ``seen`` and return the new version."""
         while self._version == seen:
-            await self._event.wait()
+            # shield: cancelling this waiter must not cancel the future others share.
+            await asyncio.shield(self.next_change(seen))
         return self._version

@@ -9,7 +9,7 @@ to them shows up without the noise of client processes:
   cgroup parse, digest from the cache; no holder scan, which needs a connection);
 - the socket holder check of a front-door connection, ``HolderScanner.check_small``
   (the event-loop path) and ``HolderScanner.check`` (the worker-thread path), for a
-  process alone in its pod that holds a socket;
+  process alone in its pod with a socket pair open;
 - ``match_manifests`` against 64 and 500 manifests, one of which grants the caller,
   as on a node with that many pods (the event loop runs it on every call and wake);
 - ``Authority.get_x509_svid`` for a new SPIFFE ID each time (key generation, signing).

@@ -285,8 +285,8 @@ async def test_socket_copy_attack(
     asyncio.get_running_loop().set_default_executor(executor)
     with pod_cgroup("unified") as pod:
         result, extra_holders = await run_attack(door, work_dir, binaries, mode, pod, attestor)
-    # Each path really ran where it says: a warm attestation submits nothing to a
-    # thread; in warm-large every attestation that reaches the holder scan does.
+    # Check where each path ran. A warm attestation submits nothing to a thread, and in
+    # warm-large every attestation that reaches the holder scan does.
     reaches_scan = "holders" not in disabled and expected != "exec_after_connect"
     if path == "warm":
         assert executor.jobs == 0

@@ -1,7 +1,7 @@
 """pids_in_cgroups over directory trees: nested containers, leaves that are not listed.
 
-The trees are plain directories with cgroup.procs files (ext4 and tmpfs count links as
-cgroupfs does); the real cgroupfs is covered by the holder tests in test_adv_exec.py.
+The trees are plain directories with cgroup.procs files, because ext4 and tmpfs count
+links as cgroupfs does. The holder tests in test_adv_exec.py cover the real cgroupfs.
 """
 
 from __future__ import annotations

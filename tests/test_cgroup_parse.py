@@ -236,7 +236,8 @@ def test_parse_errors_are_not_cached() -> None:
 def test_parse_cached_and_long_texts_agree() -> None:
     line = f"8:pids:/kubepods/burstable/pod{UID}/{CID}\n"
     short = line + V1_ROOT_LINES
-    # Repeating a consistent line makes a text too long for the cache, same answer.
+    # Repeating a consistent line makes a text too long for the cache. The result must
+    # not change.
     long = line * 200
     assert len(long) > 8192
     assert parse_cgroup_file(short) == parse_cgroup_file(short) == CgroupInfo(UID, CID)

@@ -1,10 +1,10 @@
 """Holder check edge cases on a fake cgroup root with real processes.
 
-The cgroup root is plain directories whose cgroup.procs files list real processes: a
-child that holds one end of a socket pair, this test process (standing in for the
-agent, which holds server ends and, on test hosts, shares the caller's cgroup) and, in
-some cases, a second child holding the same end. The fd tables read are the real ones
-under /proc. Covered: the agent's own table is skipped, other holders are still found,
+The cgroup root is plain directories whose cgroup.procs files list real processes. A
+child has one end of a socket pair open. This test process stands in for the agent,
+which has server ends open and, on test hosts, shares the caller's cgroup. Some cases
+add a second child with the same end open. The fd tables read are the real ones under
+/proc. Covered: the agent's own table is skipped, other holders are still found,
 a pod with many cgroups is left to the thread path, and a holder that moves between
 the pod's cgroups during the first listing is still found.
 """

@@ -302,8 +302,8 @@ async def test_watch_renews_without_ca_notice(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The CA's background renewal never runs, so no change notice arrives. The stream
-    # still asks again as its SVID nears expiry (far before reattest_interval, 30 s)
-    # and sends the SVID the CA mints then.
+    # still requests the SVID again as it nears expiry (far before reattest_interval,
+    # 30 s) and sends the SVID the CA mints then.
     async def no_renewal(now: float) -> None:
         return None
 

@@ -7,8 +7,9 @@ itself with pidfd_open and serves the CLI (``inspect``).
 Where the work runs: a warm attestation (the executable's digest is cached and the
 caller's cgroup scope has at most ``INLINE_SCAN_MAX_PIDS`` processes holding at most
 ``INLINE_SCAN_MAX_FDS`` descriptors in at most ``INLINE_SCAN_MAX_DIRS`` cgroups) runs on
-the event loop. It is a few dozen reads of procfs and cgroupfs, which never wait for a
-disk, and a hop to a worker thread and back costs more than the reads themselves. An
+the event loop. It is a few dozen reads of procfs and cgroupfs, which the kernel
+generates in memory, and one stat of the executable (as at accept), so a hop to a worker
+thread and back would cost more than the work itself. An
 attestation that must hash a file or scan a large or node-wide scope stops before it
 judges anything and runs again from the start in a worker thread, so the event loop
 never blocks on file content.

@@ -30,7 +30,7 @@ visible, every process in /proc is scanned instead. The list of processes is rea
 again after each pass until no new process appears, so a holder that forks and exits
 while the scan runs is still seen, and a scope that keeps changing fails closed after
 ``MAX_SCAN_ROUNDS`` passes. In a scope of single cgroups (no pod), a first listing
-that holds no process but the pinned one, whose table ``check_small`` read just before,
+that contains no process but the pinned one, whose table ``check_small`` read just before,
 needs no second listing. In a pod it does, because a process could move from a cgroup
 not yet read to one already read while the first listing runs.
 
@@ -262,9 +262,9 @@ def _scan(
 
     Raises _ScopeTooLarge past ``max_pids`` processes or when ``budget`` runs out.
     The fd table of ``skip`` (the pinned process, already read) is not read again, nor
-    the agent's own: it holds the server end of every connection, never a client end,
-    and where it shares the caller's cgroup (a test or development host) its table is
-    by far the largest in the scope.
+    the agent's own. The agent has the server end of every connection, never a client
+    end, and where it shares the caller's cgroup (a test or development host) its table
+    is by far the largest in the scope.
     """
     holders: dict[int, set[int]] = {}
     scanned: set[int] = set()
@@ -307,12 +307,12 @@ def _shared(pid: int, inode: int, others: frozenset[int]) -> SocketHolderError:
 def holds_socket(
     pid: int, inode: int, proc_root: Path, *, budget: _FdBudget | None = None
 ) -> bool:
-    """Tell whether the pinned process ``pid`` holds socket ``inode``; raise on any error.
+    """Tell whether the pinned process ``pid`` has socket ``inode`` open; raise on errors.
 
     Reading stops at the first descriptor of the socket. With a ``budget``, all the
     descriptors are counted against it before any is read.
     """
-    wanted = f"{_SOCKET_LINK_PREFIX}{inode}]"
+    expected = f"{_SOCKET_LINK_PREFIX}{inode}]"
     fd_dir = f"{proc_root}/{pid}/fd"
     try:
         dir_fd = os.open(fd_dir, _DIR_FLAGS)
@@ -320,7 +320,7 @@ def holds_socket(
         raise translate_os_error(exc, pid, Path(fd_dir)) from exc
     try:
         return any(
-            target == wanted for target in _fd_targets(pid, dir_fd, fd_dir, True, budget)
+            target == expected for target in _fd_targets(pid, dir_fd, fd_dir, True, budget)
         )
     finally:
         os.close(dir_fd)
